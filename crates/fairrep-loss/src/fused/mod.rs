@@ -1,0 +1,358 @@
+//! Fused GPU kernels for the Sinkhorn softmin and the MMD kernel sums (MATH.md, "Fused kernels
+//! (GPU)").
+//!
+//! A softmin over `j` for every row `i`, and a Gaussian kernel sum over `j`, are map-reductions:
+//! the CubeCL kernels never store the `n x m` matrix. They are registered as the backend
+//! extension [`FusedOps`] for Flex, NdArray, Cube (wgpu) and Autodiff; on the CPU devices the
+//! extension runs tensor operations (the reference), on wgpu the kernels, and under autodiff a
+//! custom backward built from the kernels' second output (envelope theorem for the softmin).
+//!
+//! - [`fused_softmin`], [`fused_kernel_sum`]: the two ops on [`Tensor`]s.
+//! - [`sinkhorn_divergence_fused`], [`mmd2_fused`]: the divergences computed through them, equal
+//!   to [`crate::sinkhorn_divergence`] and [`crate::mmd2`] up to float rounding.
+//! - [`use_fused`], [`should_route`]: when the divergences take this path (wgpu, large enough).
+mod backend;
+mod kernels;
+
+pub use backend::FusedOps;
+pub use kernels::MAX_FUSED_DIM;
+
+use burn::backend::{Dispatch, DispatchDevice};
+use burn::tensor::{Device, Tensor};
+
+use crate::cost::{log_weights, uniform_weights};
+use crate::mmd::{Bandwidth, MmdConfig, MmdEstimator, MmdOutput, median_heuristic};
+use crate::sinkhorn::{Potentials, SinkhornConfig, SinkhornOutput, SolveOutput, epsilon_schedule};
+
+/// Smallest `n * m` for which the fused path is used on wgpu (n = m = 1024).
+///
+/// From `bench_fused` (crates/fairrep-train/examples/bench_fused.rs), value + gradient, on
+/// wgpu over lavapipe/llvmpipe (2 CPU cores), time ratio tensor-op / fused: at n = m = 1024,
+/// softmin 2.1-3.8x (d = 8) and 1.0x (d = 32), kernel sum 2.0-2.6x (d = 8) and 0.7x (d = 32);
+/// at n = m = 4096, softmin 3.6x / 1.1x and kernel sum 3.1x / 1.1x (d = 8 / 32). From there on
+/// the fused path is as fast or faster and its memory is `O((n + m) d)` instead of the
+/// tensor-op path's `n x m` buffers (64 MiB each at 4096). Re-measure on a real GPU.
+pub const FUSED_MIN_PAIRS: usize = 1 << 20;
+
+/// Whether `device` is a wgpu device (autodiff or not).
+fn is_wgpu(device: &Device) -> bool {
+    match device.clone().inner().as_dispatch() {
+        DispatchDevice::Cube(cube) => cube.runtime() == burn::backend::RuntimeId::Wgpu,
+        _ => false,
+    }
+}
+
+/// Whether the divergences between `n` and `m` points on `device` use the fused kernels:
+/// wgpu only, and `n * m >= FUSED_MIN_PAIRS`.
+pub fn use_fused(device: &Device, n: usize, m: usize) -> bool {
+    is_wgpu(device) && n.saturating_mul(m) >= FUSED_MIN_PAIRS
+}
+
+/// [`use_fused`] for two clouds, plus what the kernels require: `d <= MAX_FUSED_DIM`, and
+/// weights that carry no gradient (the fused ops differentiate the points only).
+pub fn should_route(
+    x: &Tensor<2>,
+    y: &Tensor<2>,
+    a: Option<&Tensor<1>>,
+    b: Option<&Tensor<1>>,
+) -> bool {
+    let [n, d] = x.dims();
+    let m = y.dims()[0];
+    let tracked = |w: Option<&Tensor<1>>| w.is_some_and(Tensor::is_tracked);
+    use_fused(&x.device(), n, m) && d <= MAX_FUSED_DIM && !tracked(a) && !tracked(b)
+}
+
+/// Output of [`fused_softmin`].
+#[derive(Debug, Clone)]
+pub struct SoftminOutput {
+    /// `-eps LSE_j(h_j - |x_i - y_j|^2 / (2 eps))`, shape `[n]`; differentiable w.r.t. `x`
+    /// with `d value_i / d x_i = x_i - barycentre_i = -displacement_i`.
+    pub value: Tensor<1>,
+    /// `ybar_i = sum_j pi_ij y_j`, shape `[n, d]` (no gradient).
+    pub barycentre: Tensor<2>,
+    /// `ybar_i - x_i = sum_j pi_ij (y_j - x_i)`, shape `[n, d]` (no gradient), accumulated as
+    /// such in the kernel: exact where `barycentre - x` would cancel (clouds far from 0).
+    pub displacement: Tensor<2>,
+}
+
+/// The softmin of [`crate::sinkhorn::softmin`] with the cost `C = |x - y|^2 / 2` computed in the
+/// kernel, and the barycentres of the row-softmax plan.
+///
+/// `y` and `h` must carry no gradient (detach them): under autodiff only `x` is differentiated.
+///
+/// # Shapes
+/// - `x`: `[n, d]`, `y`: `[m, d]`, `h`: `[m]`
+pub fn fused_softmin(eps: f64, x: Tensor<2>, y: Tensor<2>, h: Tensor<1>) -> SoftminOutput {
+    let (value, delta) = <Dispatch as FusedOps>::fused_softmin(
+        x.clone().into_dispatch(),
+        y.into_dispatch(),
+        h.into_dispatch(),
+        eps,
+    );
+    let displacement: Tensor<2> = Tensor::from_dispatch(delta);
+    SoftminOutput {
+        value: Tensor::from_dispatch(value),
+        barycentre: x.detach() + displacement.clone(),
+        displacement,
+    }
+}
+
+/// Output of [`fused_kernel_sum`].
+#[derive(Debug, Clone)]
+pub struct KernelSumOutput {
+    /// `sum_j b_j k(x_i, y_j)`, shape `[n]`; differentiable w.r.t. `x`.
+    pub value: Tensor<1>,
+    /// `d value_i / d x_i`, shape `[n, d]` (no gradient).
+    pub gradient: Tensor<2>,
+}
+
+/// The Gaussian kernel sums `sum_j b_j k(x_i, y_j)`, `k` the mean of the kernels over
+/// `bandwidths`, and their gradients w.r.t. `x_i`.
+///
+/// `y` and `b` must carry no gradient (detach them): under autodiff only `x` is differentiated.
+///
+/// # Shapes
+/// - `x`: `[n, d]`, `y`: `[m, d]`, `b`: `[m]`
+pub fn fused_kernel_sum(
+    x: Tensor<2>,
+    y: Tensor<2>,
+    b: Tensor<1>,
+    bandwidths: &[f64],
+) -> KernelSumOutput {
+    let (value, gradient) = <Dispatch as FusedOps>::fused_kernel_sum(
+        x.into_dispatch(),
+        y.into_dispatch(),
+        b.into_dispatch(),
+        bandwidths.to_vec(),
+    );
+    KernelSumOutput {
+        value: Tensor::from_dispatch(value),
+        gradient: Tensor::from_dispatch(gradient),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sinkhorn through the fused softmin
+
+/// `softmin_eps(C(rows, cols), h)` through the fused op (value only).
+fn softmin(eps: f64, rows: &Tensor<2>, cols: &Tensor<2>, h: Tensor<1>) -> Tensor<1> {
+    fused_softmin(eps, rows.clone(), cols.clone(), h).value
+}
+
+/// The diagonal length of the pooled bounding box (as [`crate::sinkhorn`] computes it).
+fn box_diameter(x: &Tensor<2>, y: &Tensor<2>) -> f64 {
+    let pooled = Tensor::cat(vec![x.clone(), y.clone()], 0);
+    let lo = pooled.clone().min_dim(0);
+    let hi = pooled.max_dim(0);
+    let diag2: f64 = (hi - lo).square().sum().into_scalar::<f64>();
+    diag2.max(0.0).sqrt()
+}
+
+/// One symmetric averaged step (as `crate::sinkhorn::averaged_update`, GeomLoss
+/// `sinkhorn_loop` with symmetric updates): `(averaged, raw updates)`.
+fn averaged_update(
+    eps: f64,
+    x: &Tensor<2>,
+    y: &Tensor<2>,
+    p: &Potentials,
+    a_log: &Tensor<1>,
+    b_log: &Tensor<1>,
+) -> (Potentials, Potentials) {
+    let inv = 1.0 / eps;
+    let update = Potentials {
+        f_ba: softmin(eps, x, y, b_log.clone() + p.g_ab.clone().mul_scalar(inv)),
+        g_ab: softmin(eps, y, x, a_log.clone() + p.f_ba.clone().mul_scalar(inv)),
+        f_aa: softmin(eps, x, x, a_log.clone() + p.f_aa.clone().mul_scalar(inv)),
+        g_bb: softmin(eps, y, y, b_log.clone() + p.g_bb.clone().mul_scalar(inv)),
+    };
+    let avg = |old: &Tensor<1>, new: &Tensor<1>| (old.clone() + new.clone()).mul_scalar(0.5);
+    let averaged = Potentials {
+        f_ba: avg(&p.f_ba, &update.f_ba),
+        g_ab: avg(&p.g_ab, &update.g_ab),
+        f_aa: avg(&p.f_aa, &update.f_aa),
+        g_bb: avg(&p.g_bb, &update.g_bb),
+    };
+    (averaged, update)
+}
+
+/// `sum_i w_i |exp((old_i - new_i) / eps) - 1|`.
+fn marginal_l1(eps: f64, w: &Tensor<1>, old: &Tensor<1>, new: &Tensor<1>) -> Tensor<1> {
+    let ratio = (old.clone() - new.clone()).div_scalar(eps).exp();
+    (ratio.sub_scalar(1.0).abs() * w.clone()).sum()
+}
+
+/// The largest L1 marginal error of the three plans (as `crate::sinkhorn::plan_error`).
+fn plan_error(eps: f64, a: &Tensor<1>, b: &Tensor<1>, p: &Potentials, u: &Potentials) -> f64 {
+    let cross = marginal_l1(eps, a, &p.f_ba, &u.f_ba) + marginal_l1(eps, b, &p.g_ab, &u.g_ab);
+    let self_a = marginal_l1(eps, a, &p.f_aa, &u.f_aa).mul_scalar(2.0);
+    let self_b = marginal_l1(eps, b, &p.g_bb, &u.g_bb).mul_scalar(2.0);
+    let all = Tensor::cat(vec![cross, self_a, self_b], 0);
+    let values: Vec<f64> = all.into_data().try_to_vec_as::<f64>().expect("f64 data");
+    values
+        .into_iter()
+        .fold(0.0, |acc, v| if v.is_nan() { f64::NAN } else { acc.max(v) })
+}
+
+/// [`crate::sinkhorn::solve_potentials`] with every softmin through the fused kernel: the same
+/// eps schedule, initialisation, symmetric averaged updates and stopping rule.
+///
+/// # Shapes
+/// - `x`: `[n, d]`, `y`: `[m, d]`, `a`: `[n]`, `b`: `[m]`
+pub fn solve_potentials_fused(
+    x: &Tensor<2>,
+    y: &Tensor<2>,
+    a: &Tensor<1>,
+    b: &Tensor<1>,
+    config: &SinkhornConfig,
+) -> SolveOutput {
+    let (x, y) = (x.clone().inner(), y.clone().inner());
+    let (a, b) = (a.clone().inner(), b.clone().inner());
+    let (a_log, b_log) = (log_weights(a.clone()), log_weights(b.clone()));
+    let schedule = epsilon_schedule(box_diameter(&x, &y), config.eps, config.scaling);
+
+    let eps0 = schedule[0];
+    let mut p = Potentials {
+        f_ba: softmin(eps0, &x, &y, b_log.clone()),
+        g_ab: softmin(eps0, &y, &x, a_log.clone()),
+        f_aa: softmin(eps0, &x, &x, a_log.clone()),
+        g_bb: softmin(eps0, &y, &y, b_log.clone()),
+    };
+
+    let mut n_iters = 0;
+    let (last_eps, descent) = schedule.split_last().expect("non-empty schedule");
+    for &eps in descent {
+        p = averaged_update(eps, &x, &y, &p, &a_log, &b_log).0;
+        n_iters += 1;
+    }
+
+    let eps = *last_eps;
+    let max_iters = config.max_iters.max(1);
+    let check_every = config.check_every.max(1);
+    let mut marginal_error = f64::INFINITY;
+    let mut converged = false;
+    for it in 1..=max_iters {
+        let check = it % check_every == 0 || it == max_iters;
+        let (next, update) = averaged_update(eps, &x, &y, &p, &a_log, &b_log);
+        n_iters += 1;
+        if check {
+            marginal_error = plan_error(eps, &a, &b, &p, &update);
+            if marginal_error < config.tolerance {
+                p = next;
+                converged = true;
+                break;
+            }
+        }
+        p = next;
+    }
+    SolveOutput {
+        potentials: p,
+        n_iters,
+        marginal_error,
+        converged,
+    }
+}
+
+/// [`crate::sinkhorn_divergence`] through the fused softmin: the loop on detached tensors,
+/// then one last softmin step from the converged potentials whose custom backward is the
+/// envelope gradient `dS/dx_i = a_i (xbar_i - ybar_i)`. Nothing of size `n x m` is allocated,
+/// forward or backward.
+///
+/// # Shapes
+/// - `x`: `[n, d]`, `y`: `[m, d]`, `a`: `[n]`, `b`: `[m]` (uniform when `None`)
+pub fn sinkhorn_divergence_fused(
+    x: Tensor<2>,
+    y: Tensor<2>,
+    a: Option<Tensor<1>>,
+    b: Option<Tensor<1>>,
+    config: &SinkhornConfig,
+) -> SinkhornOutput {
+    let a = a.unwrap_or_else(|| uniform_weights(&x)).inner();
+    let b = b.unwrap_or_else(|| uniform_weights(&y)).inner();
+    let solved = solve_potentials_fused(&x, &y, &a, &b, config);
+    let p = solved.potentials;
+    let eps = config.eps;
+    let inv = 1.0 / eps;
+    let (a_log, b_log) = (log_weights(a.clone()), log_weights(b.clone()));
+    // Column clouds as constants (`inner`: no autodiff at all; a detached leaf would still
+    // count as tracked).
+    let (xd, yd) = (x.clone().inner(), y.clone().inner());
+
+    let f_ba = softmin(eps, &x, &yd, b_log.clone() + p.g_ab.mul_scalar(inv));
+    let g_ab = softmin(eps, &y, &xd, a_log.clone() + p.f_ba.mul_scalar(inv));
+    let f_aa = softmin(eps, &x, &xd, a_log + p.f_aa.mul_scalar(inv));
+    let g_bb = softmin(eps, &y, &yd, b_log + p.g_bb.mul_scalar(inv));
+    let value = ((f_ba - f_aa) * a).sum() + ((g_ab - g_bb) * b).sum();
+    SinkhornOutput {
+        value,
+        n_iters: solved.n_iters,
+        marginal_error: solved.marginal_error,
+        converged: solved.converged,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MMD through the fused kernel sums
+
+/// `a' K(x, y) b` with value and gradient w.r.t. the rows `x` only: `sum_i a_i r_i`,
+/// `r = fused_kernel_sum(x, y, b)` with `y`, `b` constants.
+fn row_form(x: &Tensor<2>, y: &Tensor<2>, a: &Tensor<1>, b: &Tensor<1>, bw: &[f64]) -> Tensor<1> {
+    let r = fused_kernel_sum(x.clone(), y.clone().inner(), b.clone().inner(), bw).value;
+    (r * a.clone()).sum()
+}
+
+/// `a' K(x, x) a`: its gradient is twice that of the row form (K symmetric), with the value
+/// unchanged: `2 s - s.detach()`.
+fn self_form(x: &Tensor<2>, a: &Tensor<1>, bw: &[f64]) -> Tensor<1> {
+    let s = row_form(x, x, a, a, bw);
+    s.clone().mul_scalar(2.0) - s.detach()
+}
+
+/// `a' K(x, y) b`, differentiable in both clouds: `v = row_form(x, y) + row_form(y, x)` has
+/// twice the value and exactly the gradient, so the form is `v - v.detach() / 2`.
+fn cross_form(x: &Tensor<2>, y: &Tensor<2>, a: &Tensor<1>, b: &Tensor<1>, bw: &[f64]) -> Tensor<1> {
+    let v = row_form(x, y, a, b, bw) + row_form(y, x, b, a, bw);
+    v.clone() - v.detach().mul_scalar(0.5)
+}
+
+/// [`crate::mmd2_with_bandwidths`] through the fused kernel sums (same estimators, same
+/// bandwidth resolution). The median heuristic, when asked for, still computes all pairwise
+/// distances of the pooled sample (`crate::mmd::median_heuristic`): pass fixed bandwidths to
+/// keep memory `O((n + m) d)`.
+///
+/// # Shapes
+/// - `x`: `[n, d]`, `y`: `[m, d]`, `a`: `[n]`, `b`: `[m]` (uniform when `None`)
+pub fn mmd2_fused(
+    x: Tensor<2>,
+    y: Tensor<2>,
+    a: Option<Tensor<1>>,
+    b: Option<Tensor<1>>,
+    config: &MmdConfig,
+) -> MmdOutput {
+    let a = a.unwrap_or_else(|| uniform_weights(&x));
+    let b = b.unwrap_or_else(|| uniform_weights(&y));
+    let bandwidths = match &config.bandwidth {
+        Bandwidth::Fixed(s) => s.clone(),
+        Bandwidth::Median => vec![median_heuristic(&x, &y)],
+    };
+    let unbiased = config.estimator == MmdEstimator::Unbiased;
+    let self_term = |x: &Tensor<2>, a: &Tensor<1>| {
+        let full = self_form(x, a, &bandwidths);
+        if !unbiased {
+            return full;
+        }
+        // U-statistic: drop the diagonal (k(x, x) = 1) and renormalise.
+        let diag = a.clone().square().sum();
+        let denom = diag.clone().neg().add_scalar(1.0);
+        if denom.clone().into_scalar::<f64>() <= 0.0 {
+            return full.zeros_like();
+        }
+        (full - diag).div(denom)
+    };
+    let xx = self_term(&x, &a);
+    let yy = self_term(&y, &b);
+    let xy = cross_form(&x, &y, &a, &b, &bandwidths);
+    MmdOutput {
+        value: xx + yy - xy.mul_scalar(2.0),
+        bandwidths,
+    }
+}
