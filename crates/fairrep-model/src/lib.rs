@@ -1,0 +1,487 @@
+//! The multitask model of fairrep: a shared MLP [`Encoder`] `z = h(x)` and one [`Head`]
+//! `f_t(z)` per task (see `MATH.md`, "Setting").
+//!
+//! The encoder and the heads are separate modules so that a later step can freeze the encoder
+//! (`model.encoder.freeze()`) and train fresh heads on its representation (the transfer claim).
+//!
+//! ```text
+//! x [n, d] -> Encoder: (Linear -> activation -> dropout)* -> Linear -> z [n, latent]
+//! z        -> Head t:  (Linear -> activation)*            -> Linear -> logit_t [n, 1]
+//! ```
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::tensor::activation;
+use burn::tensor::{Device, Tensor};
+
+/// Slope of the negative part of [`Activation::LeakyRelu`].
+pub const LEAKY_RELU_SLOPE: f64 = 0.01;
+
+/// The non-linearity between hidden layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activation {
+    /// `max(x, 0)`.
+    #[default]
+    Relu,
+    /// The exact (erf) GELU.
+    Gelu,
+    /// `tanh(x)`.
+    Tanh,
+    /// `max(x, 0) + 0.01 min(x, 0)` (slope [`LEAKY_RELU_SLOPE`]).
+    LeakyRelu,
+}
+
+impl Activation {
+    /// Applies the activation elementwise.
+    pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Activation::Relu => activation::relu(x),
+            Activation::Gelu => activation::gelu(x),
+            Activation::Tanh => activation::tanh(x),
+            Activation::LeakyRelu => activation::leaky_relu(x, LEAKY_RELU_SLOPE),
+        }
+    }
+
+    /// The lowercase name used in configuration files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Gelu => "gelu",
+            Activation::Tanh => "tanh",
+            Activation::LeakyRelu => "leaky_relu",
+        }
+    }
+}
+
+impl core::fmt::Display for Activation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The architecture of one task head.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HeadKind {
+    /// A single linear layer `latent -> 1` (a logistic / linear probe on `z`).
+    #[default]
+    Linear,
+    /// An MLP with the given hidden widths, the model's activation between layers, then
+    /// `-> 1`.
+    Mlp {
+        /// Hidden widths, in order; empty is the same as [`HeadKind::Linear`].
+        hidden: Vec<usize>,
+    },
+}
+
+/// Configuration of one task head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadConfig {
+    /// The task's name (used in metrics and logs).
+    pub name: String,
+    /// The head's architecture.
+    pub kind: HeadKind,
+}
+
+/// Configuration of [`FairModel`]; [`FairModelConfig::init`] builds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FairModelConfig {
+    /// Number of input features `d`.
+    pub n_features: usize,
+    /// Hidden widths of the encoder, in order (may be empty: then `z` is linear in `x`).
+    pub encoder_widths: Vec<usize>,
+    /// Size `k` of the representation `z`.
+    pub latent: usize,
+    /// Non-linearity between hidden layers (encoder and MLP heads).
+    pub activation: Activation,
+    /// Dropout probability after each hidden encoder layer, in `[0, 1)`.
+    pub dropout: f64,
+    /// One head per task, in task order.
+    pub heads: Vec<HeadConfig>,
+}
+
+/// A configuration [`FairModelConfig::validate`] rejects.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ModelConfigError {
+    #[error("model.{field} must be positive, found 0")]
+    Zero { field: &'static str },
+    #[error("model.dropout must be in [0, 1), found {0}")]
+    Dropout(f64),
+    #[error("the model needs at least one head (one per task), found none")]
+    NoHeads,
+    #[error("head `{name}`: hidden widths must be positive, found {hidden:?}")]
+    HeadWidth { name: String, hidden: Vec<usize> },
+}
+
+impl FairModelConfig {
+    /// Checks the sizes and the dropout probability.
+    pub fn validate(&self) -> Result<(), ModelConfigError> {
+        if self.n_features == 0 {
+            return Err(ModelConfigError::Zero {
+                field: "n_features",
+            });
+        }
+        if self.latent == 0 {
+            return Err(ModelConfigError::Zero { field: "latent" });
+        }
+        if self.encoder_widths.contains(&0) {
+            return Err(ModelConfigError::Zero {
+                field: "encoder_widths",
+            });
+        }
+        if !self.dropout.is_finite() || !(0.0..1.0).contains(&self.dropout) {
+            return Err(ModelConfigError::Dropout(self.dropout));
+        }
+        if self.heads.is_empty() {
+            return Err(ModelConfigError::NoHeads);
+        }
+        for head in &self.heads {
+            if let HeadKind::Mlp { hidden } = &head.kind
+                && hidden.contains(&0)
+            {
+                return Err(ModelConfigError::HeadWidth {
+                    name: head.name.clone(),
+                    hidden: hidden.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the model on `device`. Parameters are initialised eagerly, encoder first, then the
+    /// heads in order, so that seeding the device (`device.seed(s)`) right before this call
+    /// fixes every weight.
+    ///
+    /// # Panics
+    /// If the configuration is invalid (call [`validate`](Self::validate) first).
+    pub fn init(&self, device: &Device) -> FairModel {
+        if let Err(err) = self.validate() {
+            panic!("invalid FairModelConfig: {err}");
+        }
+        let encoder = EncoderConfig {
+            n_features: self.n_features,
+            widths: self.encoder_widths.clone(),
+            latent: self.latent,
+            activation: self.activation,
+            dropout: self.dropout,
+        }
+        .init(device);
+        let heads = self
+            .heads
+            .iter()
+            .map(|head| head.init(self.latent, self.activation, device))
+            .collect();
+        let model = FairModel { encoder, heads };
+        model.visit(&mut Materialize);
+        model
+    }
+}
+
+/// Forces lazily initialised parameters, in traversal order.
+struct Materialize;
+
+impl ModuleVisitor for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = param.val();
+    }
+}
+
+/// Configuration of an [`Encoder`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncoderConfig {
+    pub n_features: usize,
+    pub widths: Vec<usize>,
+    pub latent: usize,
+    pub activation: Activation,
+    pub dropout: f64,
+}
+
+impl EncoderConfig {
+    /// Builds the encoder on `device`.
+    pub fn init(&self, device: &Device) -> Encoder {
+        let mut sizes = vec![self.n_features];
+        sizes.extend(&self.widths);
+        let hidden = sizes
+            .windows(2)
+            .map(|w| LinearConfig::new(w[0], w[1]).init(device))
+            .collect();
+        let last = *sizes.last().expect("sizes starts with n_features");
+        Encoder {
+            hidden,
+            out: LinearConfig::new(last, self.latent).init(device),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            activation: self.activation,
+        }
+    }
+}
+
+/// The shared encoder `h`: an MLP from the features to the representation `z`.
+#[derive(Module, Debug)]
+pub struct Encoder {
+    /// Hidden layers, each followed by the activation and dropout.
+    pub hidden: Vec<Linear>,
+    /// The last (linear) layer, to the latent space.
+    pub out: Linear,
+    pub dropout: Dropout,
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl Encoder {
+    /// The representation `z = h(x)`. Dropout is active only on an autodiff device in training
+    /// mode (see [`Module::valid`]).
+    ///
+    /// # Shapes
+    /// - `x`: `[n, n_features]`
+    /// - output: `[n, latent]`
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let mut h = x;
+        for layer in &self.hidden {
+            h = self
+                .dropout
+                .forward(self.activation.apply(layer.forward(h)));
+        }
+        self.out.forward(h)
+    }
+}
+
+impl HeadConfig {
+    /// Builds the head on `device`, reading a representation of size `latent`.
+    pub fn init(&self, latent: usize, activation: Activation, device: &Device) -> Head {
+        let hidden_widths: &[usize] = match &self.kind {
+            HeadKind::Linear => &[],
+            HeadKind::Mlp { hidden } => hidden,
+        };
+        let mut sizes = vec![latent];
+        sizes.extend(hidden_widths);
+        sizes.push(1);
+        let layers = sizes
+            .windows(2)
+            .map(|w| LinearConfig::new(w[0], w[1]).init(device))
+            .collect();
+        Head {
+            layers,
+            activation,
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// One task head `f_t`: the logit of a binary task (or the prediction of a regression task).
+#[derive(Module, Debug)]
+pub struct Head {
+    /// Linear layers; the activation is applied between consecutive layers.
+    pub layers: Vec<Linear>,
+    #[module(skip)]
+    pub activation: Activation,
+    #[module(skip)]
+    pub name: String,
+}
+
+impl Head {
+    /// # Shapes
+    /// - `z`: `[n, latent]`
+    /// - output: `[n, 1]`
+    pub fn forward(&self, z: Tensor<2>) -> Tensor<2> {
+        let last = self.layers.len() - 1;
+        let mut h = z;
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(h);
+            if i < last {
+                h = self.activation.apply(h);
+            }
+        }
+        h
+    }
+}
+
+/// The encoder and its heads.
+#[derive(Module, Debug)]
+pub struct FairModel {
+    pub encoder: Encoder,
+    pub heads: Vec<Head>,
+}
+
+/// Output of [`FairModel::forward`].
+#[derive(Debug, Clone)]
+pub struct FairModelOutput {
+    /// The representation `z`, `[n, latent]`.
+    pub latent: Tensor<2>,
+    /// One `[n, 1]` logit (or prediction) per head, in head order.
+    pub logits: Vec<Tensor<2>>,
+}
+
+impl FairModel {
+    /// The representation only.
+    ///
+    /// # Shapes
+    /// - `x`: `[n, n_features]`
+    /// - output: `[n, latent]`
+    pub fn encode(&self, x: Tensor<2>) -> Tensor<2> {
+        self.encoder.forward(x)
+    }
+
+    /// The representation and every head's output.
+    ///
+    /// # Shapes
+    /// - `x`: `[n, n_features]`
+    /// - output: `latent` `[n, latent]`, `logits` `T x [n, 1]`
+    pub fn forward(&self, x: Tensor<2>) -> FairModelOutput {
+        let latent = self.encode(x);
+        let logits = self
+            .heads
+            .iter()
+            .map(|head| head.forward(latent.clone()))
+            .collect();
+        FairModelOutput { latent, logits }
+    }
+
+    /// The heads' task names, in order.
+    pub fn head_names(&self) -> Vec<String> {
+        self.heads.iter().map(|h| h.name.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+    use std::sync::{Mutex, MutexGuard};
+
+    /// Flex's RNG is one global: tests that draw from it (every `init`) take turns.
+    static RNG: Mutex<()> = Mutex::new(());
+
+    fn rng_lock() -> MutexGuard<'static, ()> {
+        RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn config() -> FairModelConfig {
+        FairModelConfig {
+            n_features: 5,
+            encoder_widths: vec![8, 6],
+            latent: 3,
+            activation: Activation::Relu,
+            dropout: 0.2,
+            heads: vec![
+                HeadConfig {
+                    name: "a".into(),
+                    kind: HeadKind::Linear,
+                },
+                HeadConfig {
+                    name: "b".into(),
+                    kind: HeadKind::Mlp { hidden: vec![4] },
+                },
+            ],
+        }
+    }
+
+    fn input(n: usize, d: usize, device: &Device) -> Tensor<2> {
+        let values: Vec<f32> = (0..n * d).map(|i| (i as f32 * 0.37).sin()).collect();
+        Tensor::from_data(TensorData::new(values, [n, d]), device)
+    }
+
+    fn values(t: Tensor<2>) -> Vec<f32> {
+        t.try_into_vec_as::<f32>().unwrap()
+    }
+
+    #[test]
+    fn shapes() {
+        let _rng = rng_lock();
+        let device = Device::flex();
+        let model = config().init(&device);
+        let out = model.forward(input(7, 5, &device));
+        assert_eq!(out.latent.dims(), [7, 3]);
+        assert_eq!(out.logits.len(), 2);
+        for logit in &out.logits {
+            assert_eq!(logit.dims(), [7, 1]);
+        }
+        assert_eq!(model.encode(input(2, 5, &device)).dims(), [2, 3]);
+        assert_eq!(model.head_names(), vec!["a".to_string(), "b".to_string()]);
+        // 5*8+8 + 8*6+6 + 6*3+3 | 3*1+1 | 3*4+4 + 4*1+1
+        assert_eq!(model.num_params(), 48 + 54 + 21 + 4 + 16 + 5);
+    }
+
+    #[test]
+    fn empty_encoder_is_linear() {
+        let _rng = rng_lock();
+        let device = Device::flex();
+        let mut cfg = config();
+        cfg.encoder_widths.clear();
+        let model = cfg.init(&device);
+        assert_eq!(model.encoder.hidden.len(), 0);
+        assert_eq!(model.forward(input(4, 5, &device)).latent.dims(), [4, 3]);
+    }
+
+    #[test]
+    fn seeded_init_is_deterministic() {
+        let _rng = rng_lock();
+        let device = Device::flex();
+        let x = input(6, 5, &device);
+        device.seed(7);
+        let a = config().init(&device);
+        device.seed(7);
+        let b = config().init(&device);
+        device.seed(8);
+        let c = config().init(&device);
+        let za = values(a.forward(x.clone()).logits[1].clone());
+        let zb = values(b.forward(x.clone()).logits[1].clone());
+        let zc = values(c.forward(x).logits[1].clone());
+        assert_eq!(za, zb);
+        assert_ne!(za, zc);
+    }
+
+    #[test]
+    fn dropout_only_in_training_on_autodiff() {
+        let _rng = rng_lock();
+        let device = Device::flex().autodiff();
+        let mut cfg = config();
+        cfg.dropout = 0.5;
+        device.seed(1);
+        let model = cfg.init(&device);
+        let x = input(16, 5, &device);
+        // Validation mode: deterministic.
+        let valid = model.valid();
+        let x_plain = x.clone().without_autodiff();
+        let v1 = values(valid.encode(x_plain.clone()));
+        let v2 = values(valid.encode(x_plain));
+        assert_eq!(v1, v2);
+        // Training mode: two draws differ, and the same seed reproduces a draw.
+        device.seed(3);
+        let t1 = values(model.encode(x.clone()));
+        let t2 = values(model.encode(x.clone()));
+        device.seed(3);
+        let t3 = values(model.encode(x));
+        assert_ne!(t1, t2);
+        assert_eq!(t1, t3);
+    }
+
+    #[test]
+    fn activations() {
+        let device = Device::flex();
+        let x = Tensor::<1>::from_floats([-2.0, 0.0, 1.5], &device);
+        let get = |a: Activation| a.apply(x.clone()).try_into_vec_as::<f32>().unwrap();
+        assert_eq!(get(Activation::Relu), vec![0.0, 0.0, 1.5]);
+        let leaky = get(Activation::LeakyRelu);
+        assert!((leaky[0] + 0.02).abs() < 1e-7 && leaky[2] == 1.5);
+        let tanh = get(Activation::Tanh);
+        assert!((tanh[0] - (-2.0f32).tanh()).abs() < 1e-6);
+        // gelu(x) = x Phi(x); Phi(1.5) = 0.9331928
+        let gelu = get(Activation::Gelu);
+        assert!((gelu[2] - 1.5 * 0.933_192_8).abs() < 1e-4, "{gelu:?}");
+        assert!(gelu[1].abs() < 1e-7);
+    }
+
+    #[test]
+    fn validate_rejects_bad_sizes() {
+        let mut cfg = config();
+        cfg.latent = 0;
+        assert_eq!(
+            cfg.validate(),
+            Err(ModelConfigError::Zero { field: "latent" })
+        );
+        let mut cfg = config();
+        cfg.dropout = 1.0;
+        assert_eq!(cfg.validate(), Err(ModelConfigError::Dropout(1.0)));
+        let mut cfg = config();
+        cfg.heads.clear();
+        assert_eq!(cfg.validate(), Err(ModelConfigError::NoHeads));
+    }
+}

@@ -1,0 +1,254 @@
+//! Benchmark: value + gradient of our Sinkhorn divergence and MMD against POT and GeomLoss,
+//! on the same data, in the same invocation.
+//!
+//! ```text
+//! cargo run --release -p fairrep-train --example bench_divergences -- \
+//!     [--device flex|ndarray|wgpu] [--sizes 256,1024,4096] [--dims 16,64] [--eps 0.1] \
+//!     [--tolerance 1e-3] [--repeats 3] [--python .venv-fixtures/bin/python]
+//! ```
+//!
+//! For each (n = m, d) it draws standardised Gaussian clouds (the second one shifted), writes
+//! them as `.npy`, times our value + gradient (median of the repeats after a warm-up, reading
+//! the result back to the host so the device is synchronised), then runs
+//! `scripts/bench_peers.py` on the same files and prints one table row per library with the
+//! time ratio peer / ours and the marginal error each reached. Without Python and the peers
+//! installed (`scripts/requirements-fixtures.txt`), only our timings are printed.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
+use fairrep_loss::{Bandwidth, MmdConfig, MmdEstimator, SinkhornConfig, mmd2, sinkhorn_divergence};
+use fairrep_train::points::write_npy_f32;
+
+struct Options {
+    device: String,
+    sizes: Vec<usize>,
+    dims: Vec<usize>,
+    eps: f64,
+    tolerance: f64,
+    repeats: usize,
+    python: Option<String>,
+}
+
+fn parse_list(s: &str) -> Vec<usize> {
+    s.split(',')
+        .map(|v| v.trim().parse().expect("a list of integers"))
+        .collect()
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        device: "flex".into(),
+        sizes: vec![256, 1024, 4096],
+        dims: vec![16, 64],
+        eps: 0.1,
+        tolerance: 1e-3,
+        repeats: 3,
+        python: None,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--device" => o.device = value,
+            "--sizes" => o.sizes = parse_list(&value),
+            "--dims" => o.dims = parse_list(&value),
+            "--eps" => o.eps = value.parse().expect("--eps"),
+            "--tolerance" => o.tolerance = value.parse().expect("--tolerance"),
+            "--repeats" => o.repeats = value.parse().expect("--repeats"),
+            "--python" => o.python = Some(value),
+            other => panic!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    o
+}
+
+/// Standard normal samples from a fixed-seed SplitMix64 + Box-Muller stream.
+fn gaussian(len: usize, seed: u64, shift: f32) -> Vec<f32> {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..len)
+        .map(|_| {
+            let (u, v) = (next().max(1e-300), next());
+            ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32 + shift
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Median seconds of value + gradient, and the last marginal error (0 for MMD).
+fn time_ours(
+    device: &Device,
+    x: &[f32],
+    y: &[f32],
+    n: usize,
+    d: usize,
+    repeats: usize,
+    run: &dyn Fn(Tensor<2>, Tensor<2>) -> (Tensor<1>, f64),
+) -> (f64, f64, f64) {
+    let ad = device.clone().autodiff();
+    let mut times = Vec::new();
+    let mut last = (0.0, 0.0);
+    for rep in 0..=repeats {
+        let start = Instant::now();
+        let xt = Tensor::<2>::from_data(TensorData::new(x.to_vec(), [n, d]), &ad).require_grad();
+        let yt = Tensor::<2>::from_data(TensorData::new(y.to_vec(), [n, d]), &ad);
+        let (value, err) = run(xt.clone(), yt);
+        let grads = value.backward();
+        let g: Vec<f32> = xt
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec_as::<f32>()
+            .unwrap();
+        let v: f32 = value.inner().into_scalar();
+        assert!(g.iter().all(|v| v.is_finite()) && v.is_finite());
+        if rep > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+        last = (v as f64, err);
+    }
+    (median(times), last.0, last.1)
+}
+
+fn peers(
+    python: &str,
+    x: &Path,
+    y: &Path,
+    kind: &str,
+    eps: f64,
+    bandwidth: f64,
+    repeats: usize,
+) -> Vec<serde_json::Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_peers.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .args(["--x", &x.to_string_lossy(), "--y", &y.to_string_lossy()])
+        .args(["--kind", kind, "--eps", &eps.to_string()])
+        .args([
+            "--bandwidth",
+            &bandwidth.to_string(),
+            "--repeats",
+            &repeats.to_string(),
+        ])
+        .output();
+    match out {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect(),
+        Ok(out) => {
+            eprintln!(
+                "bench_peers.py failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            );
+            Vec::new()
+        }
+        Err(e) => {
+            eprintln!("cannot run {python}: {e}");
+            Vec::new()
+        }
+    }
+}
+
+fn main() {
+    let o = options();
+    let device = match o.device.as_str() {
+        "flex" => Device::flex(),
+        #[allow(deprecated)]
+        "ndarray" => Device::ndarray(),
+        "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
+        other => panic!("unknown device {other}"),
+    };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = o.python.clone().unwrap_or_else(|| {
+        let venv = root.join(".venv-fixtures/bin/python");
+        if venv.exists() {
+            venv.to_string_lossy().into_owned()
+        } else {
+            "python3".into()
+        }
+    });
+    let dir = std::env::temp_dir().join(format!("fairrep-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    println!(
+        "device: {} ({:?}); eps = {}; our Sinkhorn tolerance {:e}; MMD bandwidth 1; \
+         times: median of {} runs of value + gradient",
+        o.device, device, o.eps, o.tolerance, o.repeats
+    );
+    println!(
+        "{:<9} {:>5} {:>3} {:<22} {:>10} {:>12} {:>10} {:>14}",
+        "kind", "n", "d", "library", "seconds", "peer/ours", "marg.err", "value"
+    );
+    for &n in &o.sizes {
+        for &d in &o.dims {
+            let x = gaussian(n * d, 1 + n as u64 * 31 + d as u64, 0.0);
+            let y = gaussian(n * d, 2 + n as u64 * 37 + d as u64, 0.5);
+            let (xp, yp) = (
+                dir.join(format!("x{n}_{d}.npy")),
+                dir.join(format!("y{n}_{d}.npy")),
+            );
+            write_npy_f32(&xp, &x, n, Some(d)).unwrap();
+            write_npy_f32(&yp, &y, n, Some(d)).unwrap();
+
+            let sinkhorn = SinkhornConfig {
+                eps: o.eps,
+                scaling: 0.9,
+                tolerance: o.tolerance,
+                max_iters: 10_000,
+                check_every: 5,
+            };
+            let mmd = MmdConfig {
+                bandwidth: Bandwidth::Fixed(vec![1.0]),
+                estimator: MmdEstimator::Biased,
+            };
+            let runs: [(&str, Box<dyn Fn(Tensor<2>, Tensor<2>) -> (Tensor<1>, f64)>); 2] = [
+                (
+                    "sinkhorn",
+                    Box::new(move |x, y| {
+                        let s = sinkhorn_divergence(x, y, None, None, &sinkhorn);
+                        (s.value, s.marginal_error)
+                    }),
+                ),
+                (
+                    "mmd",
+                    Box::new(move |x, y| (mmd2(x, y, None, None, &mmd), 0.0)),
+                ),
+            ];
+            for (kind, run) in runs.iter() {
+                let (secs, value, err) = time_ours(&device, &x, &y, n, d, o.repeats, run.as_ref());
+                println!(
+                    "{kind:<9} {n:>5} {d:>3} {:<22} {secs:>10.4} {:>12} {err:>10.1e} {value:>14.7e}",
+                    "fairrep", "1.00"
+                );
+                for peer in peers(&python, &xp, &yp, kind, o.eps, 1.0, o.repeats) {
+                    let s = peer["seconds_median"].as_f64().unwrap_or(f64::NAN);
+                    println!(
+                        "{kind:<9} {n:>5} {d:>3} {:<22} {s:>10.4} {:>12.2} {:>10.1e} {:>14.7e}",
+                        peer["lib"].as_str().unwrap_or("?"),
+                        s / secs,
+                        peer["marginal_error"].as_f64().unwrap_or(f64::NAN),
+                        peer["value"].as_f64().unwrap_or(f64::NAN),
+                    );
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,15 @@
+//! The fairrep trainer as a library: configuration ([`config`]), device choice ([`device`]),
+//! data ([`data`]), the training loop ([`train`]), evaluation ([`eval`]), checkpoints
+//! ([`checkpoint`]), crash-safe files ([`fsutil`]) and the training-curve plot ([`plot`]).
+//! The `fairrep` binary (`src/main.rs`) is a thin CLI over it.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod divergence_cmd;
+pub mod eval;
+pub mod fsutil;
+pub mod plot;
+pub mod points;
+pub mod train;

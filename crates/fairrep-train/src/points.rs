@@ -1,0 +1,289 @@
+//! Reading point clouds and weights from `.npy` (float32/float64, C order) and headerless
+//! `.csv` files, for `fairrep divergence`.
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// A dense row-major matrix read from a file, kept in float64 on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostMatrix {
+    pub values: Vec<f64>,
+    pub rows: usize,
+    pub cols: usize,
+    /// Whether the file stored float64 (`.npy` `<f8`); CSV counts as float64.
+    pub is_f64: bool,
+}
+
+/// Errors reading a point cloud or weight file.
+#[derive(Debug, Error)]
+pub enum PointsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a .npy file we can read: {reason}")]
+    Npy { path: PathBuf, reason: String },
+    #[error("{path}: row {row} has {found} values, expected {expected} like row 1")]
+    Ragged {
+        path: PathBuf,
+        row: usize,
+        found: usize,
+        expected: usize,
+    },
+    #[error("{path}: row {row}, column {col}: expected a number, found {found:?}")]
+    NotANumber {
+        path: PathBuf,
+        row: usize,
+        col: usize,
+        found: String,
+    },
+    #[error("{path}: row {row}, column {col}: value {value} is not finite")]
+    NonFinite {
+        path: PathBuf,
+        row: usize,
+        col: usize,
+        value: f64,
+    },
+    #[error("{path}: the file holds no values")]
+    Empty { path: PathBuf },
+    #[error("{path}: unsupported extension (expected .npy or .csv)")]
+    Extension { path: PathBuf },
+}
+
+impl HostMatrix {
+    /// Reads `.npy` or `.csv` by extension. 1-D arrays are read as one column.
+    pub fn read(path: &Path) -> Result<Self, PointsError> {
+        let matrix = match path.extension().and_then(|e| e.to_str()) {
+            Some("npy") => read_npy(path)?,
+            Some("csv") | Some("txt") => read_csv(path)?,
+            _ => {
+                return Err(PointsError::Extension {
+                    path: path.to_path_buf(),
+                });
+            }
+        };
+        if matrix.rows == 0 || matrix.cols == 0 {
+            return Err(PointsError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        if let Some(i) = matrix.values.iter().position(|v| !v.is_finite()) {
+            return Err(PointsError::NonFinite {
+                path: path.to_path_buf(),
+                row: i / matrix.cols + 1,
+                col: i % matrix.cols + 1,
+                value: matrix.values[i],
+            });
+        }
+        Ok(matrix)
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PointsError + '_ {
+    move |source| PointsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn read_csv(path: &Path) -> Result<HostMatrix, PointsError> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let mut values = Vec::new();
+    let mut cols = 0;
+    let mut rows = 0;
+    for (line_no, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let row: Vec<&str> = line.split(',').map(str::trim).collect();
+        if rows == 0 {
+            cols = row.len();
+        } else if row.len() != cols {
+            return Err(PointsError::Ragged {
+                path: path.to_path_buf(),
+                row: line_no + 1,
+                found: row.len(),
+                expected: cols,
+            });
+        }
+        for (c, cell) in row.iter().enumerate() {
+            let v: f64 = cell.parse().map_err(|_| PointsError::NotANumber {
+                path: path.to_path_buf(),
+                row: line_no + 1,
+                col: c + 1,
+                found: (*cell).to_string(),
+            })?;
+            if !v.is_finite() {
+                return Err(PointsError::NonFinite {
+                    path: path.to_path_buf(),
+                    row: line_no + 1,
+                    col: c + 1,
+                    value: v,
+                });
+            }
+            values.push(v);
+        }
+        rows += 1;
+    }
+    Ok(HostMatrix {
+        values,
+        rows,
+        cols,
+        is_f64: true,
+    })
+}
+
+/// Reads a version 1/2/3 `.npy` file holding a little-endian float32 or float64 array of rank
+/// 1 or 2 in C order.
+fn read_npy(path: &Path) -> Result<HostMatrix, PointsError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let bad = |reason: &str| PointsError::Npy {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("missing the \\x93NUMPY magic string"));
+    }
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        _ => return Err(bad("unknown format version")),
+    };
+    let header = bytes
+        .get(start..start + header_len)
+        .ok_or_else(|| bad("truncated header"))?;
+    let header = std::str::from_utf8(header).map_err(|_| bad("header is not text"))?;
+    let field = |key: &str| -> Option<&str> {
+        let at = header.find(&format!("'{key}'"))?;
+        let rest = &header[at + key.len() + 2..];
+        let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+        Some(rest)
+    };
+    let descr = field("descr").ok_or_else(|| bad("no 'descr' in header"))?;
+    let width = if descr.starts_with("'<f8'") {
+        8
+    } else if descr.starts_with("'<f4'") {
+        4
+    } else {
+        let found: String = descr.chars().take_while(|c| *c != ',').collect();
+        return Err(bad(&format!(
+            "dtype {found} (expected little-endian float32 '<f4' or float64 '<f8')"
+        )));
+    };
+    if field("fortran_order").is_some_and(|v| v.starts_with("True")) {
+        return Err(bad(
+            "Fortran-ordered arrays are not supported (save with C order)",
+        ));
+    }
+    let shape_text = field("shape").ok_or_else(|| bad("no 'shape' in header"))?;
+    let inner = shape_text
+        .strip_prefix('(')
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad("malformed shape"))?;
+    let dims: Vec<usize> = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| bad("malformed shape")))
+        .collect::<Result<_, _>>()?;
+    let (rows, cols) = match dims.as_slice() {
+        [n] => (*n, 1),
+        [n, d] => (*n, *d),
+        _ => return Err(bad(&format!("rank {} (expected 1 or 2)", dims.len()))),
+    };
+    let data = &bytes[start + header_len..];
+    if data.len() != rows * cols * width {
+        return Err(bad(&format!(
+            "data holds {} bytes, shape ({rows}, {cols}) needs {}",
+            data.len(),
+            rows * cols * width
+        )));
+    }
+    let values = if width == 8 {
+        data.chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect()
+    } else {
+        data.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
+            .collect()
+    };
+    Ok(HostMatrix {
+        values,
+        rows,
+        cols,
+        is_f64: width == 8,
+    })
+}
+
+/// Writes a float32 `.npy` file (C order) of shape `[rows, cols]`, or `[rows]` when `cols` is
+/// `None`.
+pub fn write_npy_f32(
+    path: &Path,
+    values: &[f32],
+    rows: usize,
+    cols: Option<usize>,
+) -> std::io::Result<()> {
+    let shape = match cols {
+        Some(c) => format!("({rows}, {c})"),
+        None => format!("({rows},)"),
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    // Pad so that the data starts on a 64-byte boundary, ending the header with a newline.
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
+    header.push('\n');
+    let mut bytes = Vec::with_capacity(10 + header.len() + values.len() * 4);
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in values {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fairrep-points-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    #[test]
+    fn npy_round_trip() {
+        let path = temp("rt.npy");
+        write_npy_f32(&path, &[1.0, 2.5, -3.0, 4.0, 5.0, 6.0], 3, Some(2)).unwrap();
+        let m = HostMatrix::read(&path).unwrap();
+        assert_eq!((m.rows, m.cols, m.is_f64), (3, 2, false));
+        assert_eq!(m.values, vec![1.0, 2.5, -3.0, 4.0, 5.0, 6.0]);
+    }
+
+    #[test]
+    fn csv_errors_name_row_and_column() {
+        let path = temp("ragged.csv");
+        std::fs::write(&path, "1,2\n3,4\n5\n").unwrap();
+        let err = HostMatrix::read(&path).unwrap_err().to_string();
+        assert!(err.contains("row 3 has 1 values, expected 2"), "{err}");
+        std::fs::write(&path, "1,2\n3,abc\n").unwrap();
+        let err = HostMatrix::read(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("row 2, column 2") && err.contains("abc"),
+            "{err}"
+        );
+        std::fs::write(&path, "1,2\nNaN,4\n").unwrap();
+        let err = HostMatrix::read(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("row 2, column 1") && err.contains("not finite"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,753 @@
+//! End-to-end tests of the `fairrep` binary: each runs the real executable on a real config
+//! and checks its exit status, its messages and the files it writes.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// A fresh, empty directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("fairrep-cli")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `fairrep ARGS` in `cwd` on the CPU.
+fn fairrep(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fairrep"))
+        .args(args)
+        .current_dir(cwd)
+        // burn loads optimiser state on its default device first: keep it on the CPU.
+        .env("BURN_DEVICE", "flex")
+        .env_remove("RUST_LOG")
+        .env_remove("FAIRREP_DATA_DIR")
+        .output()
+        .expect("the fairrep binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts failure and that stderr contains every needle.
+fn assert_fails_with(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "expected failure, stderr:\n{err}");
+    for needle in needles {
+        assert!(err.contains(needle), "stderr lacks {needle:?}:\n{err}");
+    }
+}
+
+fn assert_ok(out: &Output) {
+    assert!(out.status.success(), "fairrep failed:\n{}", stderr(out));
+}
+
+fn write(path: &Path, text: &str) -> PathBuf {
+    std::fs::write(path, text).unwrap();
+    path.to_path_buf()
+}
+
+/// A small synthetic run: a few hundred rows, a few epochs, dropout on (so the RNG matters).
+fn small_config(dir: &Path, penalty: &str, epochs: usize) -> PathBuf {
+    write(
+        &dir.join("small.toml"),
+        &format!(
+            r#"
+[data]
+dataset = "synthetic"
+batch_size = 64
+
+[data.synthetic]
+n_train = 600
+n_valid = 200
+n_test = 200
+n_features = 8
+n_tasks = 2
+
+[model]
+encoder_widths = [32]
+latent = 8
+dropout = 0.2
+
+[penalty]
+kind = "{penalty}"
+lambda = 0.5
+
+[optim]
+lr = 5e-3
+epochs = {epochs}
+schedule = "cosine"
+
+[run]
+seed = 3
+checkpoint_every = 1
+"#
+        ),
+    )
+}
+
+/// The run directory of a finished run, from its summary on stdout.
+fn summary(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not the summary JSON ({e}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(out)
+        )
+    })
+}
+
+fn only_run_dir(out_dir: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
+#[test]
+fn trains_end_to_end_and_writes_its_artifacts() {
+    let dir = scratch("end_to_end");
+    let config = small_config(&dir, "mmd", 3);
+    let out = fairrep(
+        &dir,
+        &[
+            "train",
+            config.to_str().unwrap(),
+            "--device",
+            "flex",
+            "--out",
+            "out",
+        ],
+    );
+    assert_ok(&out);
+    let s = summary(&out);
+    for task in ["task0", "task1"] {
+        let t = &s["test"]["tasks"][task];
+        let acc = t["accuracy"].as_f64().expect("accuracy");
+        let dp = t["dp_gap"].as_f64().expect("dp_gap");
+        assert!((0.5..=1.0).contains(&acc), "{task} accuracy {acc}");
+        assert!((0.0..=1.0).contains(&dp), "{task} dp {dp}");
+    }
+    assert!(s["test"]["penalty"].as_f64().is_some(), "{s}");
+    assert!(s["device"].as_str().unwrap().contains("flex"));
+    assert!(s["wall_seconds"].as_f64().unwrap() > 0.0);
+
+    let run = only_run_dir(&dir.join("out"));
+    assert_eq!(
+        Path::new(s["run_dir"].as_str().unwrap()),
+        Path::new("out").join(run.file_name().unwrap())
+    );
+    for file in [
+        "config.toml",
+        "metrics.jsonl",
+        "summary.json",
+        "curves.svg",
+        "latest",
+        "best",
+    ] {
+        assert!(run.join(file).is_file(), "missing {file}");
+    }
+    let lines: Vec<Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["epoch"].as_u64(), Some(i as u64 + 1));
+        assert!(line["train"]["loss"].as_f64().unwrap().is_finite());
+        assert!(line["valid"]["tasks"]["task0"]["dp_gap"].as_f64().is_some());
+        assert!(line["valid"]["penalty"]["value"].as_f64().is_some());
+        assert!(line["lr"].as_f64().unwrap() > 0.0);
+    }
+    // The saved config is complete and parses back.
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        saved.contains("n_train = 600") && saved.contains("[penalty.mmd]"),
+        "{saved}"
+    );
+    let latest = std::fs::read_to_string(run.join("latest")).unwrap();
+    let ckpt = run.join("checkpoints").join(latest.trim());
+    for file in ["model.bpk", "optimizer.bpk", "manifest.json"] {
+        assert!(ckpt.join(file).is_file(), "checkpoint lacks {file}");
+    }
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(ckpt.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["epoch"].as_u64(), Some(3));
+    assert_eq!(manifest["burn_version"].as_str(), Some("0.22.1"));
+    assert!(manifest["schema"]["features"].as_array().unwrap().len() == 8);
+    let svg = std::fs::read_to_string(run.join("curves.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("valid DP gap"));
+}
+
+#[test]
+fn resumed_run_matches_an_uninterrupted_one() {
+    let dir = scratch("resume");
+    let config = small_config(&dir, "mmd", 4);
+    let config = config.to_str().unwrap();
+    let full = fairrep(
+        &dir,
+        &["train", config, "--device", "flex", "--out", "full"],
+    );
+    assert_ok(&full);
+    let full = summary(&full);
+
+    let stopped = fairrep(
+        &dir,
+        &[
+            "train",
+            config,
+            "--device",
+            "flex",
+            "--out",
+            "parts",
+            "--set",
+            "run.stop_after_epoch=2",
+        ],
+    );
+    assert_ok(&stopped);
+    assert!(stopped.stdout.is_empty(), "a stopped run prints no summary");
+    let run = only_run_dir(&dir.join("parts"));
+    // Simulate a kill after epoch 2: drop a stale line as a crash between the metrics append
+    // and the checkpoint would leave.
+    let metrics = run.join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&metrics).unwrap();
+    text.push_str("{\"epoch\": 3, \"stale\": true}\n");
+    std::fs::write(&metrics, text).unwrap();
+
+    let resumed = fairrep(
+        &dir,
+        &[
+            "train",
+            config,
+            "--device",
+            "flex",
+            "--resume",
+            run.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&resumed);
+    assert!(
+        stderr(&resumed).contains("resuming"),
+        "{}",
+        stderr(&resumed)
+    );
+    let resumed = summary(&resumed);
+
+    assert_eq!(full["best_epoch"], resumed["best_epoch"]);
+    for task in ["task0", "task1"] {
+        for metric in ["accuracy", "dp_gap", "loss"] {
+            let a = full["test"]["tasks"][task][metric].as_f64().unwrap();
+            let b = resumed["test"]["tasks"][task][metric].as_f64().unwrap();
+            assert!((a - b).abs() <= 1e-4, "{task} {metric}: {a} vs {b}");
+        }
+    }
+    let (a, b) = (
+        full["test"]["penalty"].as_f64().unwrap(),
+        resumed["test"]["penalty"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() <= 1e-4, "penalty {a} vs {b}");
+    let lines = std::fs::read_to_string(&metrics).unwrap();
+    assert_eq!(lines.lines().count(), 4, "{lines}");
+    assert!(!lines.contains("stale"));
+}
+
+#[test]
+fn resume_refuses_a_different_config_or_data() {
+    let dir = scratch("resume_mismatch");
+    let config = small_config(&dir, "none", 3);
+    let config = config.to_str().unwrap();
+    let out = fairrep(
+        &dir,
+        &[
+            "train",
+            config,
+            "--out",
+            "runs",
+            "--device",
+            "flex",
+            "--set",
+            "run.stop_after_epoch=1",
+        ],
+    );
+    assert_ok(&out);
+    let run = only_run_dir(&dir.join("runs"));
+    let run = run.to_str().unwrap();
+
+    let out = fairrep(
+        &dir,
+        &["train", config, "--resume", run, "--set", "optim.lr=0.1"],
+    );
+    assert_fails_with(
+        &out,
+        &["cannot resume", "configuration does not match", "optim.lr"],
+    );
+
+    // Data: the same config on a checkpoint whose saved schema differs.
+    let latest = std::fs::read_to_string(Path::new(run).join("latest")).unwrap();
+    let manifest = Path::new(run)
+        .join("checkpoints")
+        .join(latest.trim())
+        .join("manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    m["schema"]["groups"][0] = Value::String("renamed".into());
+    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    let out = fairrep(&dir, &["train", "--resume", run]);
+    assert_fails_with(&out, &["cannot resume", "data does not match", "renamed"]);
+
+    let out = fairrep(
+        &dir,
+        &["train", "--resume", dir.join("nothing").to_str().unwrap()],
+    );
+    assert_fails_with(&out, &["config.toml"]);
+}
+
+#[test]
+fn malformed_toml_names_file_line_and_column() {
+    let dir = scratch("malformed");
+    let path = write(
+        &dir.join("bad.toml"),
+        "[data]\nbatch_size = 64\n[optim]\nlr = = 0.1\n",
+    );
+    let out = fairrep(&dir, &["train", path.to_str().unwrap()]);
+    assert_fails_with(&out, &["bad.toml", "malformed TOML", "line 4, column"]);
+}
+
+#[test]
+fn unknown_key_is_named_with_its_table_and_file() {
+    let dir = scratch("unknown_key");
+    let path = write(&dir.join("typo.toml"), "[optim]\nlearning_rate = 0.1\n");
+    let out = fairrep(&dir, &["train", path.to_str().unwrap()]);
+    assert_fails_with(
+        &out,
+        &["typo.toml", "unknown key `optim.learning_rate`", "`lr`"],
+    );
+}
+
+#[test]
+fn set_of_a_missing_key_lists_the_valid_ones() {
+    let dir = scratch("set_unknown");
+    let config = small_config(&dir, "none", 1);
+    let out = fairrep(
+        &dir,
+        &[
+            "train",
+            config.to_str().unwrap(),
+            "--set",
+            "penalty.lamda=0.1",
+        ],
+    );
+    assert_fails_with(
+        &out,
+        &["penalty.lamda", "no such key", "`lambda`", "`kind`"],
+    );
+    let out = fairrep(
+        &dir,
+        &[
+            "train",
+            config.to_str().unwrap(),
+            "--set",
+            "optim.epochs=many",
+        ],
+    );
+    assert_fails_with(&out, &["optim.epochs"]);
+    let out = fairrep(
+        &dir,
+        &["train", config.to_str().unwrap(), "--set", "nonsense"],
+    );
+    assert_fails_with(&out, &["KEY=VALUE"]);
+}
+
+#[test]
+fn invalid_values_are_rejected_with_their_key() {
+    let dir = scratch("invalid_values");
+    let config = small_config(&dir, "none", 1);
+    let config = config.to_str().unwrap();
+    let out = fairrep(&dir, &["train", config, "--set", "model.dropout=1.5"]);
+    assert_fails_with(&out, &["model.dropout", "[0, 1)"]);
+    let out = fairrep(&dir, &["train", config, "--set", "penalty.kind=sinkhorn"]);
+    assert_fails_with(&out, &["penalty.sinkhorn", "blur"]);
+    let out = fairrep(
+        &dir,
+        &["train", config, "--set", "penalty.mmd.bandwidths=\"mean\""],
+    );
+    assert_fails_with(&out, &["penalty.mmd.bandwidths", "median"]);
+}
+
+/// A tiny CSV dataset with a spec: 60 rows, two groups, one binary task.
+fn tiny_dataset(
+    dir: &Path,
+    edit_csv: impl Fn(usize, String) -> String,
+    spec_extra: &str,
+) -> PathBuf {
+    let mut csv = String::from("age,hours,job,sex,label\n");
+    for i in 0..60 {
+        let row = format!(
+            "{},{},{},{},{}",
+            20 + i % 40,
+            30 + (i * 7) % 20,
+            ["a", "b", "c"][i % 3],
+            if i % 2 == 0 { "F" } else { "M" },
+            u8::from(i % 3 == 0)
+        );
+        csv.push_str(&edit_csv(i, row));
+        csv.push('\n');
+    }
+    std::fs::write(dir.join("tiny.csv"), csv).unwrap();
+    let spec = format!(
+        r#"
+name = "tiny"
+
+[files]
+train = {{ path = "tiny.csv" }}
+
+[inputs]
+numeric = ["age", "hours"]
+categorical = ["job"]
+
+[sensitive]
+column = "sex"
+groups = [{{ name = "F", values = ["F"] }}, {{ name = "M", values = ["M"] }}{spec_extra}]
+
+[[tasks]]
+name = "y"
+column = "label"
+op = "=="
+value = 1
+
+[split]
+kind = "random"
+"#
+    );
+    let spec_path = write(&dir.join("tiny-spec.toml"), &spec);
+    write(
+        &dir.join("tiny.toml"),
+        &format!(
+            "[data]\ndataset = \"{}\"\nbatch_size = 16\n[model]\nencoder_widths = [8]\nlatent = \
+             4\n[optim]\nepochs = 2\n[run]\ndevice = \"flex\"\n",
+            spec_path.display()
+        ),
+    )
+}
+
+#[test]
+fn trains_on_a_csv_dataset_from_a_spec() {
+    let dir = scratch("csv_ok");
+    let config = tiny_dataset(&dir, |_, row| row, "");
+    let out = fairrep(
+        &dir,
+        &[
+            "train",
+            config.to_str().unwrap(),
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out);
+    let s = summary(&out);
+    assert!(
+        s["test"]["tasks"]["y"]["accuracy"].as_f64().is_some(),
+        "{s}"
+    );
+    assert_eq!(s["dataset"].as_str(), Some("tiny"));
+}
+
+#[test]
+fn bad_data_is_reported_with_its_location() {
+    let dir = scratch("csv_bad");
+    let data_dir = dir.to_str().unwrap().to_string();
+    let run = |config: &Path| {
+        fairrep(
+            &dir,
+            &["train", config.to_str().unwrap(), "--data-dir", &data_dir],
+        )
+    };
+
+    // A column the spec needs is missing.
+    let config = tiny_dataset(&dir, |_, row| row, "");
+    let text = std::fs::read_to_string(dir.join("tiny.csv")).unwrap();
+    std::fs::write(
+        dir.join("tiny.csv"),
+        text.replacen("age,hours", "years,hours", 1),
+    )
+    .unwrap();
+    let out = run(&config);
+    assert_fails_with(&out, &["tiny", "missing column `age`"]);
+
+    // A non-numeric cell in a numeric column.
+    let config = tiny_dataset(
+        &dir,
+        |i, row| {
+            if i == 7 {
+                row.replacen("27,", "old,", 1)
+            } else {
+                row
+            }
+        },
+        "",
+    );
+    let out = run(&config);
+    assert_fails_with(&out, &["tiny.csv", "line 9", "age", "old"]);
+
+    // A NaN cell.
+    let config = tiny_dataset(
+        &dir,
+        |i, row| {
+            if i == 4 {
+                row.replacen("24,", "NaN,", 1)
+            } else {
+                row
+            }
+        },
+        "",
+    );
+    let out = run(&config);
+    assert_fails_with(&out, &["tiny.csv", "line 6", "NaN"]);
+
+    // A group with no members.
+    let config = tiny_dataset(&dir, |_, row| row, r#", { name = "X", values = ["X"] }"#);
+    let out = run(&config);
+    assert_fails_with(&out, &["tiny", "group `X` has no rows"]);
+
+    // No data directory at all.
+    let out = fairrep(&dir, &["train", config.to_str().unwrap()]);
+    assert_fails_with(&out, &["--data-dir", "FAIRREP_DATA_DIR"]);
+}
+
+#[test]
+fn unknown_dataset_and_missing_config_fail_clearly() {
+    let dir = scratch("missing");
+    let out = fairrep(&dir, &["train", "nope.toml"]);
+    assert_fails_with(&out, &["nope.toml"]);
+    let config = write(
+        &dir.join("c.toml"),
+        "[data]\ndataset = \"no_such_dataset\"\n",
+    );
+    let out = fairrep(
+        &dir,
+        &["train", config.to_str().unwrap(), "--data-dir", "."],
+    );
+    assert_fails_with(&out, &["no_such_dataset"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// `fairrep divergence`
+
+/// The fixtures of `crates/fairrep-loss/tests/fixtures` (written by
+/// `scripts/fixtures/make_fixtures.py` from OTT-JAX, POT and numpy).
+fn loss_fixture(name: &str) -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fairrep-loss/tests/fixtures")
+        .join(name);
+    let file = std::fs::File::open(&path).unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(file), &mut text).unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    doc["cases"].as_array().unwrap().clone()
+}
+
+/// Writes a JSON matrix (or vector) as a headerless CSV with round-trip precision.
+fn write_csv(path: &Path, value: &Value) -> String {
+    let rows: Vec<String> = value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| match r.as_array() {
+            Some(cells) => cells
+                .iter()
+                .map(|c| format!("{:?}", c.as_f64().unwrap()))
+                .collect::<Vec<_>>()
+                .join(","),
+            None => format!("{:?}", r.as_f64().unwrap()),
+        })
+        .collect();
+    std::fs::write(path, rows.join("\n") + "\n").unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn stdout_json(out: &Output) -> Value {
+    assert_ok(out);
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("one JSON object")
+}
+
+#[test]
+fn divergence_command_reproduces_the_reference_fixtures() {
+    let dir = scratch("divergence-fixtures");
+    let sinkhorn = loss_fixture("sinkhorn.json.gz");
+    for name in [
+        "n20_m30_d3_eps0.1_weights",
+        "n25_m20_d2_eps0.1_zero_weights",
+        "n64_m64_d8_eps1_normal",
+    ] {
+        let case = sinkhorn.iter().find(|c| c["name"] == name).expect(name);
+        let (x, y) = (
+            write_csv(&dir.join("x.csv"), &case["x"]),
+            write_csv(&dir.join("y.csv"), &case["y"]),
+        );
+        let (a, b) = (
+            write_csv(&dir.join("a.csv"), &case["a"]),
+            write_csv(&dir.join("b.csv"), &case["b"]),
+        );
+        let eps = case["eps"].as_f64().unwrap().to_string();
+        let out = fairrep(
+            &dir,
+            &[
+                "divergence",
+                "--x",
+                &x,
+                "--y",
+                &y,
+                "--a",
+                &a,
+                "--b",
+                &b,
+                "--kind",
+                "sinkhorn",
+                "--eps",
+                &eps,
+                "--tolerance",
+                "1e-11",
+                "--max-iters",
+                "50000",
+                "--f64",
+                "--grad",
+                "--device",
+                "flex",
+            ],
+        );
+        let got = stdout_json(&out);
+        assert_eq!(got["converged"], true, "{name}: {got}");
+        let (v, want) = (
+            got["value"].as_f64().unwrap(),
+            case["value"].as_f64().unwrap(),
+        );
+        assert!(
+            (v - want).abs() <= 1e-9 * want.abs(),
+            "{name}: value {v:e} vs {want:e}"
+        );
+        let g: Vec<f64> = got["grad_x"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|c| c.as_f64().unwrap()))
+            .collect();
+        let w: Vec<f64> = case["grad_x"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|c| c.as_f64().unwrap()))
+            .collect();
+        let scale = w.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let err = g
+            .iter()
+            .zip(&w)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f64::max)
+            / scale;
+        assert!(err <= 1e-8, "{name}: grad_x rel {err:e}");
+    }
+    let mmd = loss_fixture("mmd.json.gz");
+    let case = mmd
+        .iter()
+        .find(|c| c["estimator"] == "unbiased" && c["bandwidths"] == "median")
+        .expect("an unbiased median case");
+    let (x, y) = (
+        write_csv(&dir.join("x.csv"), &case["x"]),
+        write_csv(&dir.join("y.csv"), &case["y"]),
+    );
+    let (a, b) = (
+        write_csv(&dir.join("a.csv"), &case["a"]),
+        write_csv(&dir.join("b.csv"), &case["b"]),
+    );
+    let out = fairrep(
+        &dir,
+        &[
+            "divergence",
+            "--x",
+            &x,
+            "--y",
+            &y,
+            "--a",
+            &a,
+            "--b",
+            &b,
+            "--kind",
+            "mmd",
+            "--bandwidth",
+            "median",
+            "--estimator",
+            "unbiased",
+            "--f64",
+            "--device",
+            "flex",
+        ],
+    );
+    let got = stdout_json(&out);
+    let (v, want) = (
+        got["value"].as_f64().unwrap(),
+        case["value"].as_f64().unwrap(),
+    );
+    assert!(
+        (v - want).abs() <= 1e-9 * want.abs().max(1e-3),
+        "MMD {v:e} vs {want:e}"
+    );
+}
+
+#[test]
+fn divergence_command_rejects_bad_files() {
+    let dir = scratch("divergence-bad");
+    let good = write(&dir.join("good.csv"), "0,0\n1,1\n2,0\n");
+    let good = good.to_str().unwrap();
+    let run = |x: &str, y: &str, extra: &[&str]| {
+        let mut args = vec![
+            "divergence",
+            "--x",
+            x,
+            "--y",
+            y,
+            "--kind",
+            "sinkhorn",
+            "--eps",
+            "0.1",
+            "--device",
+            "flex",
+        ];
+        args.extend_from_slice(extra);
+        fairrep(&dir, &args)
+    };
+    let ragged = write(&dir.join("ragged.csv"), "0,0\n1\n");
+    assert_fails_with(
+        &run(ragged.to_str().unwrap(), good, &[]),
+        &["ragged.csv", "row 2 has 1 values, expected 2"],
+    );
+    let nan = write(&dir.join("nan.csv"), "0,0\nNaN,1\n");
+    assert_fails_with(
+        &run(nan.to_str().unwrap(), good, &[]),
+        &["nan.csv", "row 2, column 1", "not finite"],
+    );
+    let d3 = write(&dir.join("d3.csv"), "0,0,0\n1,1,1\n");
+    assert_fails_with(
+        &run(d3.to_str().unwrap(), good, &[]),
+        &["dimension mismatch", "d3.csv", "3"],
+    );
+    let neg = write(&dir.join("neg.csv"), "0.5\n-0.1\n0.6\n");
+    assert_fails_with(
+        &run(good, good, &["--a", neg.to_str().unwrap()]),
+        &["neg.csv", "weight 2 is negative"],
+    );
+    let zero = write(&dir.join("zero.csv"), "0\n0\n0\n");
+    assert_fails_with(
+        &run(good, good, &["--b", zero.to_str().unwrap()]),
+        &["zero.csv", "all zero"],
+    );
+    let short = write(&dir.join("short.csv"), "0.5\n0.5\n");
+    assert_fails_with(
+        &run(good, good, &["--a", short.to_str().unwrap()]),
+        &["short.csv", "2 weights", "3 points"],
+    );
+}
