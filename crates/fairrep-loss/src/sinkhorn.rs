@@ -96,7 +96,7 @@ pub fn softmin(eps: f64, neg_cost_over_eps: Tensor<2>, h: Tensor<1>) -> Tensor<1
 }
 
 /// The diagonal length of the pooled bounding box, the diameter used by the eps schedule.
-fn box_diameter(x: &Tensor<2>, y: &Tensor<2>) -> f64 {
+pub(crate) fn box_diameter(x: &Tensor<2>, y: &Tensor<2>) -> f64 {
     let pooled = Tensor::cat(vec![x.clone(), y.clone()], 0);
     let lo = pooled.clone().min_dim(0);
     let hi = pooled.max_dim(0);
@@ -136,6 +136,47 @@ impl Costs {
     }
 }
 
+/// Which of the four softmins of the debiased divergence: rows of the first cloud against
+/// the columns of the second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pair {
+    XY,
+    YX,
+    XX,
+    YY,
+}
+
+/// The four softmins `softmin_eps(C(rows, cols), h)` the solver loop needs.
+pub(crate) trait SoftminOp {
+    /// Called whenever the loop moves to a new eps (before the softmins at that eps).
+    fn prepare(&mut self, eps: f64);
+    /// `softmin_eps(C(pair), h)`, shape `[rows]`.
+    fn softmin(&self, eps: f64, pair: Pair, h: Tensor<1>) -> Tensor<1>;
+}
+
+/// The tensor-op softmins: the cost matrices stored once, scaled to `-C / eps` per eps.
+struct TensorSoftmin {
+    costs: Costs,
+    scaled: Option<Costs>,
+}
+
+impl SoftminOp for TensorSoftmin {
+    fn prepare(&mut self, eps: f64) {
+        self.scaled = Some(self.costs.scaled(eps));
+    }
+
+    fn softmin(&self, eps: f64, pair: Pair, h: Tensor<1>) -> Tensor<1> {
+        let k = self.scaled.as_ref().expect("prepare before softmin");
+        let neg_cost = match pair {
+            Pair::XY => &k.xy,
+            Pair::YX => &k.yx,
+            Pair::XX => &k.xx,
+            Pair::YY => &k.yy,
+        };
+        softmin(eps, neg_cost.clone(), h)
+    }
+}
+
 /// `sum_i w_i |exp((old_i - new_i) / eps) - 1|`: the L1 error of one marginal of the plan
 /// defined by the potentials, where `new` is the softmin update of `old` from its partner.
 fn marginal_l1(eps: f64, w: &Tensor<1>, old: &Tensor<1>, new: &Tensor<1>) -> Tensor<1> {
@@ -170,40 +211,56 @@ pub fn solve_potentials(
     config: &SinkhornConfig,
 ) -> SolveOutput {
     let (x, y) = (x.clone().inner(), y.clone().inner());
+    let diameter = box_diameter(&x, &y);
+    let mut op = TensorSoftmin {
+        costs: Costs::new(&x, &y),
+        scaled: None,
+    };
+    solve_with(&mut op, diameter, a, b, config)
+}
+
+/// The solver loop of [`solve_potentials`] over any implementation of the four softmins
+/// (the tensor-op cost matrices here, the fused kernel on wgpu).
+pub(crate) fn solve_with(
+    op: &mut dyn SoftminOp,
+    diameter: f64,
+    a: &Tensor<1>,
+    b: &Tensor<1>,
+    config: &SinkhornConfig,
+) -> SolveOutput {
     let (a, b) = (a.clone().inner(), b.clone().inner());
     let (a_log, b_log) = (log_weights(a.clone()), log_weights(b.clone()));
-    let costs = Costs::new(&x, &y);
-    let schedule = epsilon_schedule(box_diameter(&x, &y), config.eps, config.scaling);
+    let schedule = epsilon_schedule(diameter, config.eps, config.scaling);
 
     // Initialisation at the first (largest) eps: potentials against the weights alone.
     let eps0 = schedule[0];
-    let k = costs.scaled(eps0);
+    op.prepare(eps0);
     let mut p = Potentials {
-        f_ba: softmin(eps0, k.xy.clone(), b_log.clone()),
-        g_ab: softmin(eps0, k.yx.clone(), a_log.clone()),
-        f_aa: softmin(eps0, k.xx.clone(), a_log.clone()),
-        g_bb: softmin(eps0, k.yy.clone(), b_log.clone()),
+        f_ba: op.softmin(eps0, Pair::XY, b_log.clone()),
+        g_ab: op.softmin(eps0, Pair::YX, a_log.clone()),
+        f_aa: op.softmin(eps0, Pair::XX, a_log.clone()),
+        g_bb: op.softmin(eps0, Pair::YY, b_log.clone()),
     };
 
     let mut n_iters = 0;
     // eps-scaling descent: one averaged update per eps.
     let (last_eps, descent) = schedule.split_last().expect("non-empty schedule");
     for &eps in descent {
-        let k = costs.scaled(eps);
-        p = averaged_update(eps, &k, &p, &a_log, &b_log);
+        op.prepare(eps);
+        p = averaged_update(eps, op, &p, &a_log, &b_log);
         n_iters += 1;
     }
 
     // Iterations at the target eps until the marginal error is small enough. The self
     // potentials keep the averaged symmetric step. The cross potentials start with plain
     // alternating steps `f <- T(g)`, `g <- T(f)`; when those are slow, averaged steps are
-    // measured too, and the faster scheme is kept, alternating steps being over-relaxed: `f <- (1 - w) f + w T(g)` with the optimal
-    // `w = 2 / (1 + sqrt(1 - rate))` (over-relaxed Sinkhorn, Thibault et al. 2017; OTT-JAX
+    // measured too, and the faster scheme is kept, alternating steps being over-relaxed:
+    // `f <- (1 - w) f + w T(g)` with the optimal `w = 2 / (1 + sqrt(1 - rate))` (over-relaxed Sinkhorn, Thibault et al. 2017; OTT-JAX
     // `Momentum`), turning a rate `1 - delta` into about `1 - 2 sqrt(delta)`. Averaged steps
     // damp the oscillating mode of near-symmetric problems (identical clouds), over-relaxed
     // alternating steps the slow monotone mode of the others. All share the fixed point.
     let eps = *last_eps;
-    let k = costs.scaled(eps);
+    op.prepare(eps);
     let check_every = config.check_every.max(1);
     let max_iters = config.max_iters.max(1);
     let inv = 1.0 / eps;
@@ -211,37 +268,33 @@ pub fn solve_potentials(
     let mut converged = false;
     let mut momentum = Momentum::new(check_every);
     for it in 1..=max_iters {
-        let f_aa = softmin(
+        let f_aa = op.softmin(
             eps,
-            k.xx.clone(),
+            Pair::XX,
             a_log.clone() + p.f_aa.clone().mul_scalar(inv),
         );
-        let g_bb = softmin(
+        let g_bb = op.softmin(
             eps,
-            k.yy.clone(),
+            Pair::YY,
             b_log.clone() + p.g_bb.clone().mul_scalar(inv),
         );
-        let f_t = softmin(
+        let f_t = op.softmin(
             eps,
-            k.xy.clone(),
+            Pair::XY,
             b_log.clone() + p.g_ab.clone().mul_scalar(inv),
         );
         let (f_ba, g_ab) = match momentum.step {
             CrossStep::Averaged => {
-                let g_t = softmin(
+                let g_t = op.softmin(
                     eps,
-                    k.yx.clone(),
+                    Pair::YX,
                     a_log.clone() + p.f_ba.clone().mul_scalar(inv),
                 );
                 (relax(&p.f_ba, f_t, 0.5), relax(&p.g_ab, g_t, 0.5))
             }
             CrossStep::Alternating(w) => {
                 let f_ba = relax(&p.f_ba, f_t, w);
-                let g_t = softmin(
-                    eps,
-                    k.yx.clone(),
-                    a_log.clone() + f_ba.clone().mul_scalar(inv),
-                );
+                let g_t = op.softmin(eps, Pair::YX, a_log.clone() + f_ba.clone().mul_scalar(inv));
                 let g_ab = relax(&p.g_ab, g_t, w);
                 (f_ba, g_ab)
             }
@@ -258,14 +311,14 @@ pub fn solve_potentials(
         if check {
             // Both marginals of the cross plan defined by (f_ba, g_ab), and those of the self
             // plans (symmetric: twice one marginal) of the potentials before this step.
-            let f_t = softmin(
+            let f_t = op.softmin(
                 eps,
-                k.xy.clone(),
+                Pair::XY,
                 b_log.clone() + p.g_ab.clone().mul_scalar(inv),
             );
-            let g_t = softmin(
+            let g_t = op.softmin(
                 eps,
-                k.yx.clone(),
+                Pair::YX,
                 a_log.clone() + p.f_ba.clone().mul_scalar(inv),
             );
             let cross = marginal_l1(eps, &a, &p.f_ba, &f_t) + marginal_l1(eps, &b, &p.g_ab, &g_t);
@@ -295,7 +348,7 @@ pub fn solve_potentials(
 /// averaged with the current values.
 fn averaged_update(
     eps: f64,
-    k: &Costs,
+    op: &dyn SoftminOp,
     p: &Potentials,
     a_log: &Tensor<1>,
     b_log: &Tensor<1>,
@@ -304,10 +357,10 @@ fn averaged_update(
     let h = |log_w: &Tensor<1>, pot: &Tensor<1>| log_w.clone() + pot.clone().mul_scalar(inv);
     let avg = |old: &Tensor<1>, new: Tensor<1>| (old.clone() + new).mul_scalar(0.5);
     Potentials {
-        f_ba: avg(&p.f_ba, softmin(eps, k.xy.clone(), h(b_log, &p.g_ab))),
-        g_ab: avg(&p.g_ab, softmin(eps, k.yx.clone(), h(a_log, &p.f_ba))),
-        f_aa: avg(&p.f_aa, softmin(eps, k.xx.clone(), h(a_log, &p.f_aa))),
-        g_bb: avg(&p.g_bb, softmin(eps, k.yy.clone(), h(b_log, &p.g_bb))),
+        f_ba: avg(&p.f_ba, op.softmin(eps, Pair::XY, h(b_log, &p.g_ab))),
+        g_ab: avg(&p.g_ab, op.softmin(eps, Pair::YX, h(a_log, &p.f_ba))),
+        f_aa: avg(&p.f_aa, op.softmin(eps, Pair::XX, h(a_log, &p.f_aa))),
+        g_bb: avg(&p.g_bb, op.softmin(eps, Pair::YY, h(b_log, &p.g_bb))),
     }
 }
 

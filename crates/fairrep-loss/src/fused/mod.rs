@@ -22,7 +22,9 @@ use burn::tensor::{Device, Tensor};
 
 use crate::cost::{log_weights, uniform_weights};
 use crate::mmd::{Bandwidth, MmdConfig, MmdEstimator, MmdOutput, median_heuristic};
-use crate::sinkhorn::{Potentials, SinkhornConfig, SinkhornOutput, SolveOutput, epsilon_schedule};
+use crate::sinkhorn::{
+    Pair, SinkhornConfig, SinkhornOutput, SoftminOp, SolveOutput, box_diameter, solve_with,
+};
 
 /// Smallest `n * m` for which the fused path is used on wgpu (n = m = 1024).
 ///
@@ -139,62 +141,28 @@ fn softmin(eps: f64, rows: &Tensor<2>, cols: &Tensor<2>, h: Tensor<1>) -> Tensor
     fused_softmin(eps, rows.clone(), cols.clone(), h).value
 }
 
-/// The diagonal length of the pooled bounding box (as [`crate::sinkhorn`] computes it).
-fn box_diameter(x: &Tensor<2>, y: &Tensor<2>) -> f64 {
-    let pooled = Tensor::cat(vec![x.clone(), y.clone()], 0);
-    let lo = pooled.clone().min_dim(0);
-    let hi = pooled.max_dim(0);
-    let diag2: f64 = (hi - lo).square().sum().into_scalar::<f64>();
-    diag2.max(0.0).sqrt()
+/// The four softmins through the fused kernel, for the shared solver loop.
+struct FusedSoftmin {
+    x: Tensor<2>,
+    y: Tensor<2>,
 }
 
-/// One symmetric averaged step (as `crate::sinkhorn::averaged_update`, GeomLoss
-/// `sinkhorn_loop` with symmetric updates): `(averaged, raw updates)`.
-fn averaged_update(
-    eps: f64,
-    x: &Tensor<2>,
-    y: &Tensor<2>,
-    p: &Potentials,
-    a_log: &Tensor<1>,
-    b_log: &Tensor<1>,
-) -> (Potentials, Potentials) {
-    let inv = 1.0 / eps;
-    let update = Potentials {
-        f_ba: softmin(eps, x, y, b_log.clone() + p.g_ab.clone().mul_scalar(inv)),
-        g_ab: softmin(eps, y, x, a_log.clone() + p.f_ba.clone().mul_scalar(inv)),
-        f_aa: softmin(eps, x, x, a_log.clone() + p.f_aa.clone().mul_scalar(inv)),
-        g_bb: softmin(eps, y, y, b_log.clone() + p.g_bb.clone().mul_scalar(inv)),
-    };
-    let avg = |old: &Tensor<1>, new: &Tensor<1>| (old.clone() + new.clone()).mul_scalar(0.5);
-    let averaged = Potentials {
-        f_ba: avg(&p.f_ba, &update.f_ba),
-        g_ab: avg(&p.g_ab, &update.g_ab),
-        f_aa: avg(&p.f_aa, &update.f_aa),
-        g_bb: avg(&p.g_bb, &update.g_bb),
-    };
-    (averaged, update)
-}
+impl SoftminOp for FusedSoftmin {
+    fn prepare(&mut self, _eps: f64) {}
 
-/// `sum_i w_i |exp((old_i - new_i) / eps) - 1|`.
-fn marginal_l1(eps: f64, w: &Tensor<1>, old: &Tensor<1>, new: &Tensor<1>) -> Tensor<1> {
-    let ratio = (old.clone() - new.clone()).div_scalar(eps).exp();
-    (ratio.sub_scalar(1.0).abs() * w.clone()).sum()
-}
-
-/// The largest L1 marginal error of the three plans (as `crate::sinkhorn::plan_error`).
-fn plan_error(eps: f64, a: &Tensor<1>, b: &Tensor<1>, p: &Potentials, u: &Potentials) -> f64 {
-    let cross = marginal_l1(eps, a, &p.f_ba, &u.f_ba) + marginal_l1(eps, b, &p.g_ab, &u.g_ab);
-    let self_a = marginal_l1(eps, a, &p.f_aa, &u.f_aa).mul_scalar(2.0);
-    let self_b = marginal_l1(eps, b, &p.g_bb, &u.g_bb).mul_scalar(2.0);
-    let all = Tensor::cat(vec![cross, self_a, self_b], 0);
-    let values: Vec<f64> = all.into_data().try_to_vec_as::<f64>().expect("f64 data");
-    values
-        .into_iter()
-        .fold(0.0, |acc, v| if v.is_nan() { f64::NAN } else { acc.max(v) })
+    fn softmin(&self, eps: f64, pair: Pair, h: Tensor<1>) -> Tensor<1> {
+        let (rows, cols) = match pair {
+            Pair::XY => (&self.x, &self.y),
+            Pair::YX => (&self.y, &self.x),
+            Pair::XX => (&self.x, &self.x),
+            Pair::YY => (&self.y, &self.y),
+        };
+        softmin(eps, rows, cols, h)
+    }
 }
 
 /// [`crate::sinkhorn::solve_potentials`] with every softmin through the fused kernel: the same
-/// eps schedule, initialisation, symmetric averaged updates and stopping rule.
+/// solver loop ([`crate::sinkhorn::solve_with`]), nothing of size `n x m` allocated.
 ///
 /// # Shapes
 /// - `x`: `[n, d]`, `y`: `[m, d]`, `a`: `[n]`, `b`: `[m]`
@@ -206,50 +174,8 @@ pub fn solve_potentials_fused(
     config: &SinkhornConfig,
 ) -> SolveOutput {
     let (x, y) = (x.clone().inner(), y.clone().inner());
-    let (a, b) = (a.clone().inner(), b.clone().inner());
-    let (a_log, b_log) = (log_weights(a.clone()), log_weights(b.clone()));
-    let schedule = epsilon_schedule(box_diameter(&x, &y), config.eps, config.scaling);
-
-    let eps0 = schedule[0];
-    let mut p = Potentials {
-        f_ba: softmin(eps0, &x, &y, b_log.clone()),
-        g_ab: softmin(eps0, &y, &x, a_log.clone()),
-        f_aa: softmin(eps0, &x, &x, a_log.clone()),
-        g_bb: softmin(eps0, &y, &y, b_log.clone()),
-    };
-
-    let mut n_iters = 0;
-    let (last_eps, descent) = schedule.split_last().expect("non-empty schedule");
-    for &eps in descent {
-        p = averaged_update(eps, &x, &y, &p, &a_log, &b_log).0;
-        n_iters += 1;
-    }
-
-    let eps = *last_eps;
-    let max_iters = config.max_iters.max(1);
-    let check_every = config.check_every.max(1);
-    let mut marginal_error = f64::INFINITY;
-    let mut converged = false;
-    for it in 1..=max_iters {
-        let check = it % check_every == 0 || it == max_iters;
-        let (next, update) = averaged_update(eps, &x, &y, &p, &a_log, &b_log);
-        n_iters += 1;
-        if check {
-            marginal_error = plan_error(eps, &a, &b, &p, &update);
-            if marginal_error < config.tolerance {
-                p = next;
-                converged = true;
-                break;
-            }
-        }
-        p = next;
-    }
-    SolveOutput {
-        potentials: p,
-        n_iters,
-        marginal_error,
-        converged,
-    }
+    let diameter = box_diameter(&x, &y);
+    solve_with(&mut FusedSoftmin { x, y }, diameter, a, b, config)
 }
 
 /// [`crate::sinkhorn_divergence`] through the fused softmin: the loop on detached tensors,
