@@ -86,6 +86,10 @@ pub struct LoadOptions {
     /// Overrides the spec's fractions for `split.kind = "random"`; ignored for official and
     /// partition splits (their splits are fixed by the files).
     pub split: Option<SplitFractions>,
+    /// Tasks held out for transfer: not loaded, but their defining columns leave the inputs
+    /// (even when `aware`), so that a head trained on the representation later cannot read
+    /// its label straight from an input.
+    pub held_out: Vec<String>,
 }
 
 impl Default for LoadOptions {
@@ -96,6 +100,7 @@ impl Default for LoadOptions {
             aware: false,
             split_seed: 0,
             split: None,
+            held_out: Vec::new(),
         }
     }
 }
@@ -265,7 +270,82 @@ impl Dataset {
 
 /// Loads `spec` from `opts.data_dir`, fitting the preprocessing on the train split.
 pub fn load(spec: &DatasetSpec, opts: &LoadOptions) -> Result<Dataset, DataError> {
-    load_impl(spec, opts, None)
+    load_impl(spec, opts, None, true)
+}
+
+/// Loads `opts.tasks` of `spec` with the input columns, groups and encoding of a saved
+/// `schema` (a trained encoder's), whatever tasks that schema was trained on: the data a
+/// frozen encoder is transferred to. Input columns (names and kinds) and group names must
+/// match ([`DataError::SchemaMismatch`] otherwise); `opts.aware` and `opts.held_out` are
+/// ignored (the saved input columns decide).
+///
+/// The saved schema's tasks that `spec` defines are loaded too (then dropped), so that the
+/// same rows are kept and a random split is stratified as it was in training: on the same
+/// dataset with the same `split_seed`, every split holds the rows it held for the encoder
+/// (unless a transfer task's column has missing values that drop rows).
+pub fn load_for_transfer(
+    spec: &DatasetSpec,
+    opts: &LoadOptions,
+    schema: &Schema,
+    preprocessing: &Preprocessing,
+) -> Result<Dataset, DataError> {
+    let mut spec = spec.clone();
+    let of_kind = |k: ColumnKind| -> Vec<String> {
+        schema
+            .inputs
+            .iter()
+            .filter(|i| i.kind == k)
+            .map(|i| i.column.clone())
+            .collect()
+    };
+    spec.inputs.numeric = of_kind(ColumnKind::Numeric);
+    spec.inputs.categorical = of_kind(ColumnKind::Categorical);
+    spec.inputs.exclude_task_columns = ExcludeTaskColumns::Selected;
+    let wanted: Vec<String> = opts
+        .tasks
+        .clone()
+        .unwrap_or_else(|| spec.tasks.iter().map(|t| t.name.clone()).collect());
+    let mut loaded: Vec<String> = schema
+        .tasks
+        .iter()
+        .filter(|s| {
+            spec.tasks
+                .iter()
+                .any(|t| t.name == s.name && t.column == s.column && t.kind == s.kind)
+        })
+        .map(|s| s.name.clone())
+        .collect();
+    for t in &wanted {
+        if !loaded.contains(t) {
+            loaded.push(t.clone());
+        }
+    }
+    // The saved inputs are taken as they are: nothing is removed from them.
+    let opts = LoadOptions {
+        aware: true,
+        held_out: Vec::new(),
+        tasks: Some(loaded.clone()),
+        ..opts.clone()
+    };
+    let mut dataset = load_impl(&spec, &opts, Some((schema, preprocessing)), false)?;
+    let keep: Vec<usize> = wanted
+        .iter()
+        .map(|w| {
+            loaded
+                .iter()
+                .position(|l| l == w)
+                .expect("every wanted task is loaded")
+        })
+        .collect();
+    dataset.schema.tasks = keep
+        .iter()
+        .map(|&i| dataset.schema.tasks[i].clone())
+        .collect();
+    dataset.schema.aware = schema.aware;
+    for split in [&mut dataset.train, &mut dataset.valid, &mut dataset.test] {
+        split.targets = keep.iter().map(|&i| split.targets[i].clone()).collect();
+    }
+    Ok(dataset)
 }
 
 /// Loads `spec` but encodes with a saved `schema` and `preprocessing` (e.g. from a checkpoint)
@@ -277,7 +357,7 @@ pub fn load_with_preprocessing(
     schema: &Schema,
     preprocessing: &Preprocessing,
 ) -> Result<Dataset, DataError> {
-    load_impl(spec, opts, Some((schema, preprocessing)))
+    load_impl(spec, opts, Some((schema, preprocessing)), true)
 }
 
 pub(crate) fn parse_finite(s: &str) -> Option<f64> {
@@ -410,10 +490,13 @@ fn stratified_assign(keys: &[u64], fractions: &[f64], seed: u64) -> Vec<usize> {
     out
 }
 
+/// `saved`: encode with a saved schema and preprocessing; `check_tasks`: its tasks must be the
+/// ones loaded (resuming), else only inputs and groups must match (transfer).
 fn load_impl(
     spec: &DatasetSpec,
     opts: &LoadOptions,
     saved: Option<(&Schema, &Preprocessing)>,
+    check_tasks: bool,
 ) -> Result<Dataset, DataError> {
     spec.validate()?;
     // Tasks.
@@ -450,6 +533,25 @@ fn load_impl(
     };
     // Input columns.
     let mut excluded: Vec<String> = Vec::new();
+    for name in &opts.held_out {
+        let t =
+            spec.tasks
+                .iter()
+                .find(|t| &t.name == name)
+                .ok_or_else(|| DataError::UnknownTask {
+                    dataset: spec.name.clone(),
+                    task: name.clone(),
+                    available: spec.tasks.iter().map(|t| t.name.clone()).collect(),
+                })?;
+        if tasks.iter().any(|l| l.name == t.name) {
+            return Err(DataError::InvalidArgument {
+                what: "held-out tasks".into(),
+                expected: "tasks that are not also trained on".into(),
+                found: format!("`{name}` in both lists"),
+            });
+        }
+        push_unique(&mut excluded, &t.column);
+    }
     if !opts.aware {
         excluded.push(spec.sensitive.column.clone());
         match spec.inputs.exclude_task_columns {
@@ -862,7 +964,7 @@ fn load_impl(
         aware: opts.aware,
     };
     if let Some((s, p)) = saved {
-        check_schema(s, &schema)?;
+        check_schema(s, &schema, !check_tasks)?;
         check_preprocessing(s, p)?;
     }
     // Encode.
@@ -953,7 +1055,8 @@ fn mismatch(what: &str, e: impl std::fmt::Debug, f: impl std::fmt::Debug) -> Dat
     }
 }
 
-fn check_schema(saved: &Schema, now: &Schema) -> Result<(), DataError> {
+/// Compares a saved schema with the one of the data at hand; `transfer` skips the tasks.
+fn check_schema(saved: &Schema, now: &Schema, transfer: bool) -> Result<(), DataError> {
     let cols = |s: &Schema| -> Vec<(String, ColumnKind)> {
         s.inputs
             .iter()
@@ -966,7 +1069,7 @@ fn check_schema(saved: &Schema, now: &Schema) -> Result<(), DataError> {
     if saved.groups != now.groups {
         return Err(mismatch("groups", &saved.groups, &now.groups));
     }
-    if saved.tasks != now.tasks {
+    if !transfer && saved.tasks != now.tasks {
         return Err(mismatch("tasks", &saved.tasks, &now.tasks));
     }
     Ok(())

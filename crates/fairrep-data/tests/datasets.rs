@@ -27,6 +27,7 @@ fn opts(tasks: Option<&[&str]>, aware: bool) -> LoadOptions {
         aware,
         split_seed: 0,
         split: None,
+        held_out: Vec::new(),
     }
 }
 
@@ -641,4 +642,64 @@ fn gzip_is_read_transparently() {
     )
     .unwrap();
     assert_eq!(ds.train.n + ds.valid.n + ds.test.n, 16);
+}
+
+#[test]
+fn held_out_tasks_leave_the_inputs_and_transfer_keeps_the_saved_encoding() {
+    let spec = TINY_SPEC.to_string()
+        + "[[tasks]]\nname = \"a_big\"\ncolumn = \"a\"\nop = \">\"\nvalue = 7\n";
+    let dir = temp_dir_with(&[("tiny.csv", &tiny_csv("1")), ("tiny.toml", &spec)]);
+    let s = fairrep_data::load_spec(&dir.join("tiny.toml")).unwrap();
+    let o = |tasks: &[&str], held_out: &[&str]| LoadOptions {
+        data_dir: dir.clone(),
+        tasks: Some(tasks.iter().map(|t| t.to_string()).collect()),
+        held_out: held_out.iter().map(|t| t.to_string()).collect(),
+        ..LoadOptions::default()
+    };
+    // Holding `a_big` out removes its column `a` while training on `y` only.
+    let trained = load(&s, &o(&["y"], &["a_big"])).unwrap();
+    assert_eq!(trained.schema.features, vec!["c=u", "c=v"]);
+    assert_eq!(trained.task_names(), vec!["y"]);
+    // A held-out task cannot also be trained on, and must exist.
+    let e = load(&s, &o(&["y", "a_big"], &["a_big"]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`a_big` in both lists"), "{e}");
+    let e = load(&s, &o(&["y"], &["nope"])).unwrap_err().to_string();
+    assert!(e.contains("nope"), "{e}");
+
+    // Transfer: the held-out task with the trained schema's inputs and encoding.
+    let moved = fairrep_data::load_for_transfer(
+        &s,
+        &o(&["a_big"], &[]),
+        &trained.schema,
+        &trained.preprocessing,
+    )
+    .unwrap();
+    assert_eq!(moved.schema.features, trained.schema.features);
+    assert_eq!(moved.task_names(), vec!["a_big"]);
+    assert_eq!(moved.train.x, trained.train.x);
+    assert_eq!(moved.test.groups, trained.test.groups);
+    // The label really is `a > 7` (rows keep their file order inside each split).
+    let n_pos: f32 = [&moved.train, &moved.valid, &moved.test]
+        .iter()
+        .map(|sp| sp.targets[0].iter().sum::<f32>())
+        .sum();
+    assert_eq!(n_pos, 8.0);
+
+    // A schema whose input columns differ is refused, naming what differs.
+    let mut other = trained.schema.clone();
+    other.inputs[0].column = "b".into();
+    let e =
+        fairrep_data::load_for_transfer(&s, &o(&["a_big"], &[]), &other, &trained.preprocessing)
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("missing column `b`"), "{e}");
+    let mut groups = trained.schema.clone();
+    groups.groups = vec!["X".into(), "Y".into()];
+    let e =
+        fairrep_data::load_for_transfer(&s, &o(&["a_big"], &[]), &groups, &trained.preprocessing)
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("groups"), "{e}");
 }

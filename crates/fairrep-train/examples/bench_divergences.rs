@@ -31,6 +31,8 @@ struct Options {
     python: Option<String>,
 }
 
+/// A divergence under benchmark: value and marginal error of one evaluation.
+type Divergence = dyn Fn(Tensor<2>, Tensor<2>) -> (Tensor<1>, f64);
 fn parse_list(s: &str) -> Vec<usize> {
     s.split(',')
         .map(|v| v.trim().parse().expect("a list of integers"))
@@ -218,7 +220,7 @@ fn main() {
                 bandwidth: Bandwidth::Fixed(vec![1.0]),
                 estimator: MmdEstimator::Biased,
             };
-            let runs: [(&str, Box<dyn Fn(Tensor<2>, Tensor<2>) -> (Tensor<1>, f64)>); 2] = [
+            let runs: [(&str, Box<Divergence>); 2] = [
                 (
                     "sinkhorn",
                     Box::new(move |x, y| {

@@ -13,6 +13,7 @@ use fairrep_loss::{
     Bandwidth, Divergence, MmdConfig, MmdEstimator, SinkhornConfig as LossSinkhornConfig,
 };
 use fairrep_model::{Activation, HeadConfig, HeadKind};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceChoice;
@@ -96,6 +97,11 @@ pub struct DataSection {
     /// The tasks to train on, a subset of the spec's. Default: all.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tasks: Option<Vec<String>>,
+    /// Tasks reserved for transfer (`fairrep transfer`): not trained on, and their defining
+    /// columns leave the inputs so that a new head cannot read the label from an input.
+    /// Default: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub held_out_tasks: Vec<String>,
     /// Whether the sensitive attribute is an input feature. Default `false`.
     pub aware: bool,
     /// Fractions `{ train, valid, test }` of a random split, overriding the spec's (ignored
@@ -116,6 +122,7 @@ impl Default for DataSection {
             synthetic: None,
             sensitive: None,
             tasks: None,
+            held_out_tasks: Vec::new(),
             aware: false,
             split: None,
             split_seed: 0,
@@ -469,7 +476,7 @@ fn set_path(table: &mut toml::Table, key: &[&str], value: toml::Value) -> Result
 }
 
 /// Deserialises a table into the file types.
-fn deserialize(table: &toml::Table) -> Result<ConfigFile, String> {
+fn deserialize<T: DeserializeOwned>(table: &toml::Table) -> Result<T, String> {
     toml::Value::Table(table.clone())
         .try_into()
         .map_err(|e: toml::de::Error| e.message().trim().to_string())
@@ -481,14 +488,17 @@ fn is_unknown_field(message: &str) -> bool {
 }
 
 /// Deserialises a table holding only `key = value`: `Err(message)` when that fails.
-fn probe(key: &[&str], value: toml::Value) -> Result<(), String> {
+fn probe<T: DeserializeOwned>(key: &[&str], value: toml::Value) -> Result<(), String> {
     let mut table = toml::Table::new();
     set_path(&mut table, key, value)?;
-    deserialize(&table).map(|_| ())
+    deserialize::<T>(&table).map(|_| ())
 }
 
 /// Finds the first key of `table` (depth first, dotted) the schema does not know.
-fn find_unknown_key(table: &toml::Table, prefix: &mut Vec<String>) -> Option<(String, String)> {
+fn find_unknown_key<T: DeserializeOwned>(
+    table: &toml::Table,
+    prefix: &mut Vec<String>,
+) -> Option<(String, String)> {
     for (key, value) in table {
         prefix.push(key.clone());
         let parts: Vec<&str> = prefix.iter().map(String::as_str).collect();
@@ -496,14 +506,14 @@ fn find_unknown_key(table: &toml::Table, prefix: &mut Vec<String>) -> Option<(St
             toml::Value::Table(_) => toml::Value::Table(toml::Table::new()),
             other => other.clone(),
         };
-        if let Err(message) = probe(&parts, probe_value)
+        if let Err(message) = probe::<T>(&parts, probe_value)
             && is_unknown_field(&message)
         {
             return Some((prefix.join("."), message));
         }
         // `model.heads` is a map keyed by task name: its children are not schema keys.
         if let toml::Value::Table(child) = value
-            && let found @ Some(_) = find_unknown_key(child, prefix)
+            && let found @ Some(_) = find_unknown_key::<T>(child, prefix)
         {
             return found;
         }
@@ -513,7 +523,10 @@ fn find_unknown_key(table: &toml::Table, prefix: &mut Vec<String>) -> Option<(St
 }
 
 /// Applies `--set KEY=VALUE` overrides to a table, rejecting keys the schema does not know.
-pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<(), ConfigError> {
+pub fn apply_overrides<T: DeserializeOwned>(
+    table: &mut toml::Table,
+    overrides: &[String],
+) -> Result<(), ConfigError> {
     for arg in overrides {
         let Some((key, raw)) = arg.split_once('=') else {
             return Err(ConfigError::SetSyntax { arg: arg.clone() });
@@ -524,7 +537,7 @@ pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<
             return Err(ConfigError::SetSyntax { arg: arg.clone() });
         }
         let value = parse_set_value(raw.trim());
-        if let Err(message) = probe(&parts, value.clone()) {
+        if let Err(message) = probe::<T>(&parts, value.clone()) {
             return Err(if is_unknown_field(&message) {
                 ConfigError::SetUnknownKey {
                     key: key.into(),
@@ -560,8 +573,30 @@ pub fn config_from_str(
     path: &Path,
     overrides: &[String],
 ) -> Result<ConfigFile, ConfigError> {
+    parse_config(text, path, overrides)
+}
+
+/// Reads a TOML file of any config type `T` (`deny_unknown_fields` throughout), applying
+/// `--set` overrides: unknown keys, bad values and malformed TOML are errors naming the file.
+pub fn read_config<T: DeserializeOwned>(
+    path: &Path,
+    overrides: &[String],
+) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_config(&text, path, overrides)
+}
+
+/// [`read_config`] on text already read; `path` names it in errors.
+pub fn parse_config<T: DeserializeOwned>(
+    text: &str,
+    path: &Path,
+    overrides: &[String],
+) -> Result<T, ConfigError> {
     let mut table = parse_table(text, path)?;
-    if let Some((key, message)) = find_unknown_key(&table, &mut Vec::new()) {
+    if let Some((key, message)) = find_unknown_key::<T>(&table, &mut Vec::new()) {
         return Err(ConfigError::UnknownKey {
             path: path.to_path_buf(),
             key,
@@ -570,7 +605,7 @@ pub fn config_from_str(
     }
     if overrides.is_empty() {
         // From the text, so that value errors carry a line and column.
-        return match toml::from_str::<ConfigFile>(text) {
+        return match toml::from_str::<T>(text) {
             Ok(file) => Ok(file),
             Err(err) => Err(ConfigError::Value {
                 path: path.to_path_buf(),
@@ -582,8 +617,8 @@ pub fn config_from_str(
             }),
         };
     }
-    apply_overrides(&mut table, overrides)?;
-    deserialize(&table).map_err(|message| ConfigError::Value {
+    apply_overrides::<T>(&mut table, overrides)?;
+    deserialize::<T>(&table).map_err(|message| ConfigError::Value {
         path: path.to_path_buf(),
         location: Some(" (after --set overrides)".into()),
         message,
@@ -661,6 +696,7 @@ pub struct DataConfig {
     pub source: DatasetSource,
     pub sensitive: Option<SensitiveSpec>,
     pub tasks: Option<Vec<String>>,
+    pub held_out_tasks: Vec<String>,
     pub aware: bool,
     pub split: Option<SplitFractions>,
     pub split_seed: u64,
@@ -836,6 +872,7 @@ impl TrainConfig {
             source: source_data,
             sensitive: d.sensitive.clone(),
             tasks: d.tasks.clone(),
+            held_out_tasks: d.held_out_tasks.clone(),
             aware: d.aware,
             split: d.split,
             split_seed: d.split_seed,

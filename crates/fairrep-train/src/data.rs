@@ -33,6 +33,13 @@ pub enum LoadError {
         task: String,
         available: String,
     },
+    #[error(
+        "dataset `{dataset}`: task `{task}` is both in data.tasks and in data.held_out_tasks; \
+         a held-out task is for transfer only"
+    )]
+    HeldOutTrained { dataset: String, task: String },
+    #[error("dataset `{dataset}`: every task is in data.held_out_tasks; none is left to train on")]
+    NoTaskLeft { dataset: String },
 }
 
 /// The folder holding the dataset specs: `$FAIRREP_SPECS_DIR`, else `./datasets` when it
@@ -78,20 +85,106 @@ fn select_tasks(mut dataset: Dataset, tasks: &[String]) -> Result<Dataset, LoadE
     Ok(dataset)
 }
 
-/// Loads the dataset of `cfg`. With `saved` (resuming), a spec dataset is encoded with the
-/// checkpoint's schema and preprocessing; a mismatch is an error.
+/// The tasks to load: `cfg.tasks`, else every task of the dataset but the held-out ones.
+/// Held-out tasks must exist and must not be trained on.
+fn training_tasks(
+    dataset: &str,
+    cfg: &DataConfig,
+    available: &[String],
+) -> Result<Option<Vec<String>>, LoadError> {
+    for task in &cfg.held_out_tasks {
+        if !available.contains(task) {
+            return Err(LoadError::UnknownTask {
+                dataset: dataset.into(),
+                task: task.clone(),
+                available: available.join(", "),
+            });
+        }
+        if cfg.tasks.as_ref().is_some_and(|t| t.contains(task)) {
+            return Err(LoadError::HeldOutTrained {
+                dataset: dataset.into(),
+                task: task.clone(),
+            });
+        }
+    }
+    Ok(match (&cfg.tasks, cfg.held_out_tasks.is_empty()) {
+        (Some(tasks), _) => Some(tasks.clone()),
+        (None, true) => None,
+        (None, false) => {
+            let left: Vec<String> = available
+                .iter()
+                .filter(|t| !cfg.held_out_tasks.contains(t))
+                .cloned()
+                .collect();
+            if left.is_empty() {
+                return Err(LoadError::NoTaskLeft {
+                    dataset: dataset.into(),
+                });
+            }
+            Some(left)
+        }
+    })
+}
+
+/// How [`load_dataset`] encodes the data.
+#[derive(Debug, Clone, Copy)]
+pub enum Encoding<'a> {
+    /// Fit the preprocessing on the train split (a new run).
+    Fit,
+    /// A checkpoint's schema and preprocessing; the tasks must be the same (resuming).
+    Resume(&'a Schema, &'a Preprocessing),
+    /// A trained encoder's schema and preprocessing, with other tasks (transfer): inputs and
+    /// groups must match.
+    Transfer(&'a Schema, &'a Preprocessing),
+}
+
+/// Loads the dataset of `cfg`, encoded as `encoding` says; a schema mismatch is an error.
 pub fn load_dataset(
     cfg: &DataConfig,
     data_dir_flag: Option<&Path>,
-    saved: Option<(&Schema, &Preprocessing)>,
+    encoding: Encoding<'_>,
 ) -> Result<Dataset, LoadError> {
     match &cfg.source {
         DatasetSource::Synthetic(synthetic) => {
             let dataset = fairrep_data::synthetic(synthetic, cfg.split_seed);
-            match &cfg.tasks {
-                Some(tasks) => select_tasks(dataset, tasks),
-                None => Ok(dataset),
+            let tasks = training_tasks(&dataset.name, cfg, &dataset.task_names())?;
+            let dataset = match &tasks {
+                Some(tasks) => select_tasks(dataset, tasks)?,
+                None => dataset,
+            };
+            if let Encoding::Resume(schema, _) | Encoding::Transfer(schema, _) = encoding {
+                let resume = matches!(encoding, Encoding::Resume(..));
+                let wrap = |what: &str, e: String, f: String| LoadError::Data {
+                    dataset: dataset.name.clone(),
+                    source: Box::new(fairrep_data::DataError::SchemaMismatch {
+                        what: what.into(),
+                        expected: e,
+                        found: f,
+                    }),
+                };
+                if schema.features != dataset.schema.features {
+                    return Err(wrap(
+                        "input features",
+                        format!("{:?}", schema.features),
+                        format!("{:?}", dataset.schema.features),
+                    ));
+                }
+                if schema.groups != dataset.schema.groups {
+                    return Err(wrap(
+                        "groups",
+                        format!("{:?}", schema.groups),
+                        format!("{:?}", dataset.schema.groups),
+                    ));
+                }
+                if resume && schema.tasks != dataset.schema.tasks {
+                    return Err(wrap(
+                        "tasks",
+                        format!("{:?}", schema.tasks),
+                        format!("{:?}", dataset.schema.tasks),
+                    ));
+                }
             }
+            Ok(dataset)
         }
         DatasetSource::Spec(name) => {
             let wrap = |source| LoadError::Data {
@@ -102,20 +195,26 @@ pub fn load_dataset(
             if let Some(sensitive) = &cfg.sensitive {
                 spec.sensitive = sensitive.clone();
             }
+            let names: Vec<String> = spec.tasks.iter().map(|t| t.name.clone()).collect();
+            let tasks = training_tasks(name, cfg, &names)?;
             let data_dir = data_dir(data_dir_flag).ok_or_else(|| LoadError::NoDataDir {
                 dataset: name.clone(),
             })?;
             let opts = LoadOptions {
                 data_dir,
-                tasks: cfg.tasks.clone(),
+                tasks,
                 aware: cfg.aware,
                 split_seed: cfg.split_seed,
                 split: cfg.split,
+                held_out: cfg.held_out_tasks.clone(),
             };
-            match saved {
-                None => fairrep_data::load(&spec, &opts),
-                Some((schema, preprocessing)) => {
+            match encoding {
+                Encoding::Fit => fairrep_data::load(&spec, &opts),
+                Encoding::Resume(schema, preprocessing) => {
                     fairrep_data::load_with_preprocessing(&spec, &opts, schema, preprocessing)
+                }
+                Encoding::Transfer(schema, preprocessing) => {
+                    fairrep_data::load_for_transfer(&spec, &opts, schema, preprocessing)
                 }
             }
             .map_err(wrap)

@@ -65,7 +65,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
         let _ = fs::remove_file(&tmp);
     }
     result?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    sync_dir(parent)
 }
 
 /// Appends one line to `path` (creating it) and fsyncs it.

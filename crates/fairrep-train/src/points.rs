@@ -221,6 +221,32 @@ fn read_npy(path: &Path) -> Result<HostMatrix, PointsError> {
     })
 }
 
+/// The bytes of a `.npy` file (format 1.0, C order): `descr` is numpy's type string
+/// (`<f4`, `<i8`), `shape` the dimensions, `data` the little-endian values.
+pub fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let shape = match shape {
+        [n] => format!("({n},)"),
+        dims => format!(
+            "({})",
+            dims.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    // Pad so that the data starts on a 64-byte boundary, ending the header with a newline.
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
+    header.push('\n');
+    let mut bytes = Vec::with_capacity(10 + header.len() + data.len());
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(data);
+    bytes
+}
+
 /// Writes a float32 `.npy` file (C order) of shape `[rows, cols]`, or `[rows]` when `cols` is
 /// `None`.
 pub fn write_npy_f32(
@@ -229,23 +255,12 @@ pub fn write_npy_f32(
     rows: usize,
     cols: Option<usize>,
 ) -> std::io::Result<()> {
-    let shape = match cols {
-        Some(c) => format!("({rows}, {c})"),
-        None => format!("({rows},)"),
+    let shape: Vec<usize> = match cols {
+        Some(c) => vec![rows, c],
+        None => vec![rows],
     };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
-    // Pad so that the data starts on a 64-byte boundary, ending the header with a newline.
-    let unpadded = 10 + header.len() + 1;
-    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
-    header.push('\n');
-    let mut bytes = Vec::with_capacity(10 + header.len() + values.len() * 4);
-    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
-    for v in values {
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
-    std::fs::write(path, bytes)
+    let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(path, npy_bytes("<f4", &shape, &data))
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 
 use crate::checkpoint::{self, BestEpoch, CheckpointError, Manifest};
 use crate::config::{ConfigError, OptimConfig, OptimKind, PenaltyKind, TrainConfig};
-use crate::data::{LoadError, load_dataset};
+use crate::data::{Encoding, LoadError, load_dataset};
 use crate::device::select_device;
 use crate::eval::{EvalError, PenaltyEval, SplitEval, evaluate, index_tensor, rows_tensor};
 use crate::fsutil::{self, FsError};
@@ -246,7 +246,7 @@ fn build_optimizer(o: &OptimConfig) -> ModuleOptimizer {
 ///
 /// # Shapes
 /// - `logits`, `targets`: `[n, 1]`; output `[1]`.
-fn bce_with_logits(logits: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
+pub(crate) fn bce_with_logits(logits: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
     let softplus_neg_abs = logits.clone().abs().neg().exp().log1p();
     (relu(logits.clone()) - logits * targets + softplus_neg_abs).mean()
 }
@@ -475,7 +475,7 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome, TrainError> {
     // Data. A resumed run reloads it exactly as the first session did (the preprocessing is
     // refitted on the same train split, hence bit-identical) and checks it against the
     // checkpoint's schema and statistics.
-    let dataset: Dataset = load_dataset(&cfg.data, opts.data_dir.as_deref(), None)?;
+    let dataset: Dataset = load_dataset(&cfg.data, opts.data_dir.as_deref(), Encoding::Fit)?;
     if let Some(r) = &resume {
         let schema = serde_json::to_value(&dataset.schema).expect("schemas serialise");
         let saved = serde_json::to_value(&r.manifest.schema).expect("schemas serialise");

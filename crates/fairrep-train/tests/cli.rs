@@ -751,3 +751,337 @@ fn divergence_command_rejects_bad_files() {
         &["short.csv", "2 weights", "3 points"],
     );
 }
+
+/// Trains the small synthetic config with `task1` held out; returns the run directory.
+fn train_held_out(dir: &Path, name: &str, lambda: f64, extra: &[&str]) -> PathBuf {
+    let config = small_config(dir, "mmd", 3);
+    let out_dir = dir.join(name);
+    let lambda = format!("penalty.lambda={lambda}");
+    let mut args = vec![
+        "train",
+        config.to_str().unwrap(),
+        "--device",
+        "flex",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--set",
+        "data.held_out_tasks=[\"task1\"]",
+        "--set",
+        &lambda,
+    ];
+    args.extend_from_slice(extra);
+    let out = fairrep(dir, &args);
+    assert_ok(&out);
+    only_run_dir(&out_dir)
+}
+
+fn transfer_config(dir: &Path, body: &str) -> PathBuf {
+    write(&dir.join("transfer.toml"), body)
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The shape in a `.npy` header and its dtype string.
+fn npy_header(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00", "{}", path.display());
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    String::from_utf8_lossy(&bytes[10..10 + len]).into_owned()
+}
+
+#[test]
+fn transfer_eval_and_export_end_to_end() {
+    let dir = scratch("transfer_e2e");
+    let fair = train_held_out(&dir, "fair", 5.0, &[]);
+    let base = train_held_out(&dir, "base", 0.0, &[]);
+    let manifest = read_json(&fair.join("summary.json"));
+    assert!(
+        manifest["test"]["tasks"].get("task1").is_none(),
+        "a held-out task is not trained on: {manifest}"
+    );
+    let config = transfer_config(
+        &dir,
+        "[data]\ntasks = [\"task1\"]\n[fit]\nepochs = 5\n[bounds]\nmax_points = 300\n",
+    );
+    let out = fairrep(
+        &dir,
+        &[
+            "transfer",
+            "--from",
+            fair.to_str().unwrap(),
+            config.to_str().unwrap(),
+            "--baseline",
+            base.to_str().unwrap(),
+            "--device",
+            "flex",
+        ],
+    );
+    assert_ok(&out);
+    let table = String::from_utf8_lossy(&out.stdout);
+    for needle in ["task task1", "mmd λ=5", "λ=0", "raw inputs", "L·W1 bound"] {
+        assert!(table.contains(needle), "table lacks {needle:?}:\n{table}");
+    }
+    let report = read_json(&fair.join("transfer.json"));
+    let cells = report["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 6, "3 representations x 2 heads x 1 task");
+    for cell in cells {
+        let run = &cell["runs"][0];
+        let gap = run["score_gap"].as_f64().unwrap();
+        let w1_bound = run["w1_bound"].as_f64().unwrap();
+        // MATH.md: |E[q|s=0] - E[q|s=1]| <= Lip(q) W1(z|s=0, z|s=1). The bound is computed on
+        // at most 300 rows per group, the gap on all; allow a small sampling slack.
+        assert!(gap <= w1_bound * 1.1 + 0.02, "bound violated: {cell}");
+        let acc = run["accuracy"].as_f64().unwrap();
+        assert!((0.5..=1.0).contains(&acc), "{cell}");
+        assert!(run["mmd_bound"]["mmd"].as_f64().unwrap() >= 0.0);
+    }
+    assert_eq!(report["tasks"], serde_json::json!(["task1"]));
+    assert!(report["leaking_tasks"].as_array().unwrap().is_empty());
+
+    // eval over two runs: a summary with intervals, leakage with p-values.
+    let eval_out = dir.join("eval.json");
+    let out = fairrep(
+        &dir,
+        &[
+            "eval",
+            "--from",
+            fair.to_str().unwrap(),
+            base.to_str().unwrap(),
+            "--device",
+            "flex",
+            "--permutations",
+            "19",
+            "--sinkhorn-permutations",
+            "4",
+            "--max-points",
+            "200",
+            "--out",
+            eval_out.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out);
+    let report = read_json(&eval_out);
+    assert_eq!(report["runs"].as_array().unwrap().len(), 2);
+    for key in [
+        "task0.accuracy",
+        "task0.dp_gap",
+        "task0.eo_gap",
+        "task0.ks",
+        "task0.abpc",
+        "leakage.logistic_auc",
+        "leakage.mlp_auc",
+        "leakage.mmd2",
+        "leakage.sinkhorn_p",
+    ] {
+        let s = &report["summary"][key];
+        assert_eq!(s["n"].as_u64(), Some(2), "{key}: {s}");
+        assert!(s["ci95"].as_f64().unwrap() >= 0.0, "{key}: {s}");
+    }
+    for run in report["runs"].as_array().unwrap() {
+        let p = run["leakage"]["mmd2"]["p_value"].as_f64().unwrap();
+        assert!(p > 0.0 && p <= 1.0 && (p * 20.0 - (p * 20.0).round()).abs() < 1e-9);
+        let auc = run["leakage"]["logistic_auc"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&auc));
+    }
+    // Without a penalty the groups stay apart in z (the synthetic inputs shift with s).
+    let base_p = report["runs"][1]["leakage"]["mmd2"]["p_value"]
+        .as_f64()
+        .unwrap();
+    assert!(base_p <= 0.05 + 1e-12, "{report}");
+
+    // export: z, s and labels as .npy beside a sidecar.
+    let z = dir.join("export").join("z.npy");
+    let out = fairrep(
+        &dir,
+        &[
+            "export",
+            "--from",
+            fair.to_str().unwrap(),
+            "--out",
+            z.to_str().unwrap(),
+            "--device",
+            "flex",
+        ],
+    );
+    assert_ok(&out);
+    assert!(npy_header(&z).contains("'descr': '<f4'") && npy_header(&z).contains("(200, 8)"));
+    let s = npy_header(&dir.join("export").join("z_s.npy"));
+    assert!(s.contains("'<i8'") && s.contains("(200,)"), "{s}");
+    let labels = npy_header(&dir.join("export").join("z_labels.npy"));
+    assert!(labels.contains("(200, 1)"), "{labels}");
+    let sidecar = read_json(&dir.join("export").join("z.json"));
+    assert_eq!(sidecar["rows"].as_u64(), Some(200));
+    assert_eq!(sidecar["tasks"], serde_json::json!(["task0"]));
+    assert_eq!(sidecar["split"].as_str(), Some("test"));
+}
+
+#[test]
+fn transfer_eval_and_export_reject_bad_input() {
+    let dir = scratch("transfer_bad");
+    let fair = train_held_out(&dir, "fair", 1.0, &[]);
+    let fair_s = fair.to_str().unwrap();
+    let run = |config: &Path, extra: &[&str]| {
+        let mut args = vec!["transfer", "--from", fair_s, config.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--device", "flex"]);
+        fairrep(&dir, &args)
+    };
+    // Config errors name the file and the key.
+    let c = transfer_config(&dir, "[data]\ntasks = [\"task1\"]\n[fit]\nepoch = 3\n");
+    assert_fails_with(&run(&c, &[]), &["unknown key `fit.epoch`", "transfer.toml"]);
+    let c = transfer_config(&dir, "[data]\ntasks = []\n");
+    assert_fails_with(&run(&c, &[]), &["data.tasks", "at least one novel task"]);
+    let c = transfer_config(&dir, "[data]\ntasks = [\"task1\"\n");
+    assert_fails_with(&run(&c, &[]), &["malformed TOML", "transfer.toml", "line"]);
+    let c = transfer_config(&dir, "[data]\ntasks = [\"task9\"]\n");
+    assert_fails_with(&run(&c, &[]), &["task9", "task0, task1"]);
+    let c = transfer_config(&dir, "[data]\ntasks = [\"task1\"]\n[fit]\nlr = -1\n");
+    assert_fails_with(&run(&c, &[]), &["fit.lr", "must be positive"]);
+    let good = transfer_config(&dir, "[data]\ntasks = [\"task1\"]\n[fit]\nepochs = 2\n");
+    // Not a run directory.
+    assert_fails_with(
+        &run(&good, &["--baseline", dir.to_str().unwrap()]),
+        &["is not a run directory"],
+    );
+    // A comparison encoder with other inputs (6 features instead of 8).
+    let other = train_held_out(
+        &dir,
+        "other",
+        0.0,
+        &["--set", "data.synthetic.n_features=6"],
+    );
+    assert_fails_with(
+        &run(&good, &["--baseline", other.to_str().unwrap()]),
+        &["does not read the same inputs"],
+    );
+    // Data whose inputs are not the encoder's: a CSV dataset without its columns.
+    let tiny = tiny_dataset(&dir, |_, row| row, "");
+    let spec = dir.join("tiny-spec.toml");
+    let _ = tiny;
+    let c = transfer_config(
+        &dir,
+        &format!(
+            "[data]\ntasks = [\"y\"]\ndataset = \"{}\"\n",
+            spec.display()
+        ),
+    );
+    assert_fails_with(
+        &run(&c, &["--data-dir", dir.to_str().unwrap()]),
+        &["missing column `x0`", "tiny.csv"],
+    );
+    // A held-out task that is also trained on.
+    let config = small_config(&dir, "mmd", 1);
+    let out = fairrep(
+        &dir,
+        &[
+            "train",
+            config.to_str().unwrap(),
+            "--set",
+            "data.held_out_tasks=[\"task1\"]",
+            "--set",
+            "data.tasks=[\"task0\", \"task1\"]",
+        ],
+    );
+    assert_fails_with(&out, &["task `task1`", "held_out_tasks"]);
+
+    // eval: runs of different tasks, a missing run, bad flags.
+    let all_tasks = dir.join("all");
+    let config = small_config(&dir, "mmd", 1);
+    let out = fairrep(
+        &dir,
+        &[
+            "train",
+            config.to_str().unwrap(),
+            "--device",
+            "flex",
+            "--out",
+            all_tasks.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out);
+    let all = only_run_dir(&all_tasks);
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--device", "flex"];
+        args.extend_from_slice(extra);
+        fairrep(&dir, &args)
+    };
+    assert_fails_with(
+        &eval(&[
+            "--from",
+            fair_s,
+            all.to_str().unwrap(),
+            "--permutations",
+            "1",
+        ]),
+        &["do not share their tasks"],
+    );
+    assert_fails_with(
+        &eval(&["--from", dir.join("nope").to_str().unwrap()]),
+        &["is not a run directory"],
+    );
+    assert_fails_with(
+        &eval(&["--from", fair_s, "--max-points", "1"]),
+        &["--max-points must be at least 4"],
+    );
+    // export: the output must be a .npy path.
+    let out = fairrep(
+        &dir,
+        &[
+            "export", "--from", fair_s, "--out", "z.csv", "--device", "flex",
+        ],
+    );
+    assert_fails_with(&out, &["expected a file name ending in .npy"]);
+}
+
+#[test]
+fn transfer_flags_a_task_whose_label_is_an_encoder_input() {
+    // `hours` is an input of the encoder trained on `y`; transferring to `long_hours` (defined
+    // on `hours`) is reported as leaking.
+    let dir = scratch("transfer_leak");
+    let config = tiny_dataset(&dir, |_, row| row, "");
+    let spec = dir.join("tiny-spec.toml");
+    let text = std::fs::read_to_string(&spec).unwrap()
+        + "\n[[tasks]]\nname = \"long_hours\"\ncolumn = \"hours\"\nop = \">\"\nvalue = 40\n";
+    std::fs::write(&spec, text).unwrap();
+    let out_dir = dir.join("runs");
+    let out = fairrep(
+        &dir,
+        &[
+            "train",
+            config.to_str().unwrap(),
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--set",
+            "data.tasks=[\"y\"]",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out);
+    let run = only_run_dir(&out_dir);
+    let c = transfer_config(
+        &dir,
+        "[data]\ntasks = [\"long_hours\"]\n[heads]\nkinds = [\"linear\"]\n[compare]\nraw = false\n",
+    );
+    let out = fairrep(
+        &dir,
+        &[
+            "transfer",
+            "--from",
+            run.to_str().unwrap(),
+            c.to_str().unwrap(),
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--device",
+            "flex",
+        ],
+    );
+    assert_ok(&out);
+    let report = read_json(&run.join("transfer.json"));
+    assert_eq!(report["leaking_tasks"], serde_json::json!(["long_hours"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("warning: the labels of long_hours"));
+}
