@@ -63,7 +63,7 @@ pub struct TransferArgs {
     #[arg(long, value_enum)]
     pub device: Option<DeviceChoice>,
     /// Where to write the JSON report (default: RUN_DIR/transfer.json for one --from, else
-    /// ./transfer.json).
+    /// ./transfer.json); the trade-off plot goes beside it (.svg).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
 }
@@ -160,10 +160,11 @@ fn run_transfer(args: TransferArgs) -> anyhow::Result<()> {
     )
     .context("transfer failed")?;
     print!("{}", transfer::render_table(&report));
-    write_report(
-        &report_path(&args.out, &args.from, "transfer.json"),
-        &report,
-    )
+    let path = report_path(&args.out, &args.from, "transfer.json");
+    let plot = path.with_extension("svg");
+    fairrep_train::fsutil::write_atomic(&plot, transfer::render_plot(&report).as_bytes())?;
+    eprintln!("trade-off plot: {}", plot.display());
+    write_report(&path, &report)
 }
 
 fn run_eval(args: EvalArgs) -> anyhow::Result<()> {

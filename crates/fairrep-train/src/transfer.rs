@@ -44,6 +44,7 @@ use crate::audit::{self, Interval, MmdBound, ScoreMetrics, W1Bound};
 use crate::config::{ConfigError, DatasetSource, HeadKindName, SYNTHETIC, read_config};
 use crate::data::{Encoding, LoadError, load_dataset};
 use crate::device::DeviceChoice;
+use crate::plot::{Chart, Series, render};
 use crate::probe::{FitError, FitSettings, HeadArch, fit_head};
 use crate::trained::{Features, TrainedError, TrainedRun};
 
@@ -677,6 +678,45 @@ pub fn transfer(
         w1: w1s,
         config: cfg.clone(),
     })
+}
+
+/// The accuracy / DP-gap trade-off as an SVG: one panel per task and head, one cross per
+/// representation (mean, with the 95% intervals as error bars, x: DP gap, y: accuracy).
+pub fn render_plot(report: &TransferReport) -> String {
+    let mut charts: Vec<Chart> = Vec::new();
+    for cell in &report.cells {
+        let title = format!("{}: accuracy vs DP gap ({})", cell.task, cell.head);
+        if charts.last().is_none_or(|c| c.title != title) {
+            charts.push(Chart {
+                title,
+                x_label: "DP gap (test)".into(),
+                series: Vec::new(),
+            });
+        }
+        let (Some(acc), Some(dp)) = (cell.summary.get("accuracy"), cell.summary.get("dp_gap"))
+        else {
+            continue;
+        };
+        let gap = (f64::NAN, f64::NAN);
+        let points = vec![
+            (dp.low(), acc.mean),
+            (dp.high(), acc.mean),
+            gap,
+            (dp.mean, acc.low()),
+            (dp.mean, acc.high()),
+            gap,
+            (dp.mean, acc.mean),
+        ];
+        charts
+            .last_mut()
+            .expect("pushed above")
+            .series
+            .push(Series {
+                label: cell.representation.clone(),
+                points,
+            });
+    }
+    render(&charts)
 }
 
 /// The report as a text table (mean ± 95% CI over seeds).

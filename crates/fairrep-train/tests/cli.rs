@@ -775,6 +775,19 @@ fn train_held_out(dir: &Path, name: &str, lambda: f64, extra: &[&str]) -> PathBu
     only_run_dir(&out_dir)
 }
 
+/// Runs `fairrep transfer --from RUN CONFIG EXTRA... --device flex` in `dir`.
+fn transfer_cmd(dir: &Path, run: &Path, config: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "transfer",
+        "--from",
+        run.to_str().unwrap(),
+        config.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--device", "flex"]);
+    fairrep(dir, &args)
+}
+
 fn transfer_config(dir: &Path, body: &str) -> PathBuf {
     write(&dir.join("transfer.toml"), body)
 }
@@ -807,18 +820,11 @@ fn transfer_eval_and_export_end_to_end() {
         &dir,
         "[data]\ntasks = [\"task1\"]\n[fit]\nepochs = 5\n[bounds]\nmax_points = 300\n",
     );
-    let out = fairrep(
+    let out = transfer_cmd(
         &dir,
-        &[
-            "transfer",
-            "--from",
-            fair.to_str().unwrap(),
-            config.to_str().unwrap(),
-            "--baseline",
-            base.to_str().unwrap(),
-            "--device",
-            "flex",
-        ],
+        &fair,
+        &config,
+        &["--baseline", base.to_str().unwrap()],
     );
     assert_ok(&out);
     let table = String::from_utf8_lossy(&out.stdout);
@@ -826,6 +832,8 @@ fn transfer_eval_and_export_end_to_end() {
         assert!(table.contains(needle), "table lacks {needle:?}:\n{table}");
     }
     let report = read_json(&fair.join("transfer.json"));
+    let svg = std::fs::read_to_string(fair.join("transfer.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("task1: accuracy vs DP gap (mlp)"));
     let cells = report["cells"].as_array().unwrap();
     assert_eq!(cells.len(), 6, "3 representations x 2 heads x 1 task");
     for cell in cells {
@@ -924,12 +932,7 @@ fn transfer_eval_and_export_reject_bad_input() {
     let dir = scratch("transfer_bad");
     let fair = train_held_out(&dir, "fair", 1.0, &[]);
     let fair_s = fair.to_str().unwrap();
-    let run = |config: &Path, extra: &[&str]| {
-        let mut args = vec!["transfer", "--from", fair_s, config.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["--device", "flex"]);
-        fairrep(&dir, &args)
-    };
+    let run = |config: &Path, extra: &[&str]| transfer_cmd(&dir, &fair, config, extra);
     // Config errors name the file and the key.
     let c = transfer_config(&dir, "[data]\ntasks = [\"task1\"]\n[fit]\nepoch = 3\n");
     assert_fails_with(&run(&c, &[]), &["unknown key `fit.epoch`", "transfer.toml"]);
@@ -1067,19 +1070,7 @@ fn transfer_flags_a_task_whose_label_is_an_encoder_input() {
         &dir,
         "[data]\ntasks = [\"long_hours\"]\n[heads]\nkinds = [\"linear\"]\n[compare]\nraw = false\n",
     );
-    let out = fairrep(
-        &dir,
-        &[
-            "transfer",
-            "--from",
-            run.to_str().unwrap(),
-            c.to_str().unwrap(),
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--device",
-            "flex",
-        ],
-    );
+    let out = transfer_cmd(&dir, &run, &c, &["--data-dir", dir.to_str().unwrap()]);
     assert_ok(&out);
     let report = read_json(&run.join("transfer.json"));
     assert_eq!(report["leaking_tasks"], serde_json::json!(["long_hours"]));
