@@ -189,7 +189,7 @@ pub struct GroupDivergence {
     pub permutations: usize,
     pub n_points: usize,
     /// MMD: the kernel bandwidth (median heuristic on the observed sample, then fixed);
-    /// Sinkhorn: the blur `sqrt(eps)`.
+    /// Sinkhorn: the blur `sqrt(eps)` (the given fraction of the median distance).
     pub scale: f64,
     /// Sinkhorn: whether every solve met its tolerance.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -201,7 +201,8 @@ pub struct GroupDivergence {
 pub enum TestDivergence {
     /// Biased MMD², median-heuristic bandwidth.
     Mmd,
-    /// Debiased Sinkhorn with this blur.
+    /// Debiased Sinkhorn with a blur of this fraction of the median pairwise distance
+    /// (tolerance 1e-2 on the marginals, at most 200 iterations: a test statistic).
     Sinkhorn { blur: f64 },
 }
 
@@ -247,16 +248,19 @@ pub fn group_divergence_test(
                 sigma,
             )
         }
-        TestDivergence::Sinkhorn { blur } => (
-            Divergence::Sinkhorn(SinkhornConfig {
-                eps: blur * blur,
-                scaling: 0.5,
-                tolerance: 1e-3,
-                max_iters: 500,
-                check_every: 5,
-            }),
-            blur,
-        ),
+        TestDivergence::Sinkhorn { blur } => {
+            let blur = blur * median_distance(&sub);
+            (
+                Divergence::Sinkhorn(SinkhornConfig {
+                    eps: blur * blur,
+                    scaling: 0.5,
+                    tolerance: 1e-2,
+                    max_iters: 200,
+                    check_every: 5,
+                }),
+                blur,
+            )
+        }
     };
     let mut converged = true;
     let mut value_of = |g: &[u32]| {

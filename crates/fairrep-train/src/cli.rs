@@ -85,8 +85,9 @@ pub struct EvalArgs {
     /// Rows (stratified subsample) for the divergences and their tests.
     #[arg(long, default_value_t = 1000)]
     pub max_points: usize,
-    /// Blur of the Sinkhorn divergence, in units of z divided by its overall scale.
-    #[arg(long, default_value_t = 1.0)]
+    /// Blur of the Sinkhorn divergence, as a fraction of the median distance between the
+    /// points of z.
+    #[arg(long, default_value_t = 0.5)]
     pub blur: f64,
     /// Seed of the subsamples, permutations and probes.
     #[arg(long, default_value_t = 0)]

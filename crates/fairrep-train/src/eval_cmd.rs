@@ -59,7 +59,7 @@ pub struct EvalOptions {
     /// Relabellings of the Sinkhorn test.
     pub sinkhorn_permutations: usize,
     pub max_points: usize,
-    /// Blur of the Sinkhorn divergence, in units of the scale-normalised `z`.
+    /// Blur of the Sinkhorn divergence, as a fraction of the median pairwise distance.
     pub blur: f64,
     pub seed: u64,
 }
