@@ -62,6 +62,10 @@ pub struct TransferArgs {
     /// Compute device (overrides run.device).
     #[arg(long, value_enum)]
     pub device: Option<DeviceChoice>,
+    /// The split the heads are scored on: test (to report), or valid (to choose lambda
+    /// without the test split; MLP heads are then selected on the rows they are scored on).
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: SplitName,
     /// Where to write the JSON report (default: RUN_DIR/transfer.json for one --from, else
     /// ./transfer.json); the trade-off plot goes beside it (.svg).
     #[arg(long, value_name = "FILE")]
@@ -157,6 +161,7 @@ fn run_transfer(args: TransferArgs) -> anyhow::Result<()> {
             encoders: &args.from,
             data_dir: args.data_dir.as_deref(),
             device: &selected.device,
+            split: args.split,
         },
     )
     .context("transfer failed")?;

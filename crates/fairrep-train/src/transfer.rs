@@ -3,7 +3,8 @@
 //! For every encoder run given with `--from` (one per seed), the encoder is frozen, the
 //! transfer tasks are loaded with the encoder's own input columns, groups and preprocessing
 //! (a dataset whose inputs do not match is refused), and one head per architecture and task is
-//! fitted on `z` (train split, selected on validation) and scored on the test split. The same
+//! fitted on `z` (train split, selected on validation) and scored on the test split (or, to
+//! choose lambda without the test split, on validation: `--split valid`). The same
 //! heads are fitted on the representations of the comparison encoders (`compare.baseline`,
 //! typically `lambda = 0`, paired by seed) and on the raw preprocessed inputs, so the gain is
 //! read in one table. Next to each measured gap between the groups' mean scores are the two
@@ -44,6 +45,7 @@ use crate::audit::{self, Interval, MmdBound, ScoreMetrics, W1Bound};
 use crate::config::{ConfigError, DatasetSource, HeadKindName, SYNTHETIC, read_config};
 use crate::data::{Encoding, LoadError, load_dataset};
 use crate::device::DeviceChoice;
+use crate::eval_cmd::SplitName;
 use crate::plot::{Chart, Series, render};
 use crate::probe::{FitError, FitSettings, HeadArch, fit_head};
 use crate::trained::{Features, TrainedError, TrainedRun};
@@ -334,6 +336,8 @@ pub struct RepresentationW1 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransferReport {
     pub dataset: String,
+    /// The split the heads were scored on.
+    pub split: SplitName,
     pub tasks: Vec<String>,
     pub groups: Vec<String>,
     pub encoders: Vec<PathBuf>,
@@ -438,6 +442,10 @@ pub struct TransferOptions<'a> {
     pub encoders: &'a [PathBuf],
     pub data_dir: Option<&'a Path>,
     pub device: &'a Device,
+    /// The split the heads are scored on: test (to report), or validation (to choose lambda
+    /// without looking at the test split; MLP heads are then selected on the rows they are
+    /// scored on).
+    pub split: SplitName,
 }
 
 fn summary_of(runs: &[HeadResult]) -> BTreeMap<String, Interval> {
@@ -564,14 +572,19 @@ pub fn transfer(
             });
         }
         let n_groups = ds.n_groups();
+        let scored = opts.split.of(&ds);
         for (r_pos, rep) in reps.iter().enumerate() {
+            let rep_scored = match opts.split {
+                SplitName::Test => &rep.test,
+                SplitName::Valid => &rep.valid,
+            };
             if i == 0 {
                 order.push(rep.name.clone());
             }
             info!("seed {seed}: {}: W1 bound between the groups", rep.name);
             let w1 = audit::group_w1_bound(
-                &rep.test,
-                &ds.test.groups,
+                rep_scored,
+                &scored.groups,
                 n_groups,
                 cfg.bounds.max_points,
                 seed,
@@ -595,22 +608,18 @@ pub fn transfer(
                         task: task.clone(),
                         source,
                     })?;
-                    let scores = head.scores(&rep.test);
-                    let metrics = audit::score_metrics(
-                        &scores,
-                        &ds.test.targets[t],
-                        &ds.test.groups,
-                        n_groups,
-                    )
-                    .map_err(|source| TransferError::Metric {
-                        representation: rep.name.clone(),
-                        task: task.clone(),
-                        source,
-                    })?;
+                    let scores = head.scores(rep_scored);
+                    let metrics =
+                        audit::score_metrics(&scores, &scored.targets[t], &scored.groups, n_groups)
+                            .map_err(|source| TransferError::Metric {
+                                representation: rep.name.clone(),
+                                task: task.clone(),
+                                source,
+                            })?;
                     let mmd_bound = audit::mmd_bound(
-                        &rep.test,
+                        rep_scored,
                         &scores,
-                        &ds.test.groups,
+                        &scored.groups,
                         n_groups,
                         cfg.bounds.max_points,
                         seed,
@@ -668,6 +677,7 @@ pub fn transfer(
     });
     Ok(TransferReport {
         dataset,
+        split: opts.split,
         tasks,
         groups,
         encoders: opts.encoders.to_vec(),
@@ -725,9 +735,10 @@ pub fn render_table(report: &TransferReport) -> String {
     let n = report.encoders.len();
     let _ = writeln!(
         out,
-        "transfer to {} ({}), test split, {} seed{}; mean{} ",
+        "transfer to {} ({}), {} split, {} seed{}; mean{} ",
         report.dataset,
         report.tasks.join(", "),
+        report.split.name(),
         n,
         if n == 1 { "" } else { "s" },
         if n > 1 { " ± 95% CI" } else { "" }

@@ -848,6 +848,23 @@ fn transfer_eval_and_export_end_to_end() {
         assert!(run["mmd_bound"]["mmd"].as_f64().unwrap() >= 0.0);
     }
     assert_eq!(report["tasks"], serde_json::json!(["task1"]));
+    assert_eq!(report["split"].as_str(), Some("test"));
+    // Scoring on validation (to choose lambda without the test split).
+    let valid_out = dir.join("transfer-valid.json");
+    let out = transfer_cmd(
+        &dir,
+        &fair,
+        &config,
+        &["--split", "valid", "--out", valid_out.to_str().unwrap()],
+    );
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid split"));
+    let valid = read_json(&valid_out);
+    assert_eq!(valid["split"].as_str(), Some("valid"));
+    // Same heads (same validation loss), other rows scored.
+    let (v, t) = (&valid["cells"][0]["runs"][0], &cells[0]["runs"][0]);
+    assert_eq!(v["valid_loss"], t["valid_loss"]);
+    assert_ne!(v["score_gap"], t["score_gap"]);
     assert!(report["leaking_tasks"].as_array().unwrap().is_empty());
 
     // eval over two runs: a summary with intervals, leakage with p-values.
