@@ -21,8 +21,8 @@ pub use batches::{StratifiedBatches, epoch_seed, stratified_batches};
 pub use error::DataError;
 pub use load::{
     CategoryLevels, ColumnKind, Dataset, InputColumn, LoadOptions, NumericStats, Preprocessing,
-    Schema, Split, SplitFractions, TaskInfo, apply_preprocessing, load, load_for_transfer,
-    load_with_preprocessing,
+    Schema, Split, SplitFractions, TaskInfo, apply_preprocessing, check_schema, load,
+    load_for_transfer, load_with_preprocessing,
 };
 pub use spec::{DatasetSpec, load_spec, parse_spec, resolve_spec};
 pub use synthetic::{SyntheticConfig, synthetic};

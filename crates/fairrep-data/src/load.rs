@@ -1055,8 +1055,9 @@ fn mismatch(what: &str, e: impl std::fmt::Debug, f: impl std::fmt::Debug) -> Dat
     }
 }
 
-/// Compares a saved schema with the one of the data at hand; `transfer` skips the tasks.
-fn check_schema(saved: &Schema, now: &Schema, transfer: bool) -> Result<(), DataError> {
+/// Compares a saved schema (a checkpoint's) with the one of the data at hand: input columns
+/// and their kinds, groups, and the tasks unless `transfer` (new tasks for a trained encoder).
+pub fn check_schema(saved: &Schema, now: &Schema, transfer: bool) -> Result<(), DataError> {
     let cols = |s: &Schema| -> Vec<(String, ColumnKind)> {
         s.inputs
             .iter()

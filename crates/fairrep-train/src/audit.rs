@@ -304,7 +304,7 @@ pub struct W1Bound {
 /// exact coupling by the rounding of Altschuler, Weed and Rigollet (2017). The bound tightens
 /// as `blur_fraction -> 0`.
 pub fn w1_upper_bound(x: &Features, y: &Features, blur_fraction: f64, device: &Device) -> W1Bound {
-    let (n, m, k) = (x.n, y.n, x.k);
+    let (n, m) = (x.n, y.n);
     let dist = |i: usize, j: usize| -> f64 {
         x.row(i)
             .iter()
@@ -348,7 +348,6 @@ pub fn w1_upper_bound(x: &Features, y: &Features, blur_fraction: f64, device: &D
             plan[i * m + j] = ai * bj * ((f[i] + g[j] - 0.5 * d2) / eps).exp();
         }
     }
-    let _ = k;
     let rows: Vec<f64> = (0..n)
         .map(|i| plan[i * m..(i + 1) * m].iter().sum())
         .collect();

@@ -153,36 +153,13 @@ pub fn load_dataset(
                 None => dataset,
             };
             if let Encoding::Resume(schema, _) | Encoding::Transfer(schema, _) = encoding {
-                let resume = matches!(encoding, Encoding::Resume(..));
-                let wrap = |what: &str, e: String, f: String| LoadError::Data {
-                    dataset: dataset.name.clone(),
-                    source: Box::new(fairrep_data::DataError::SchemaMismatch {
-                        what: what.into(),
-                        expected: e,
-                        found: f,
-                    }),
-                };
-                if schema.features != dataset.schema.features {
-                    return Err(wrap(
-                        "input features",
-                        format!("{:?}", schema.features),
-                        format!("{:?}", dataset.schema.features),
-                    ));
-                }
-                if schema.groups != dataset.schema.groups {
-                    return Err(wrap(
-                        "groups",
-                        format!("{:?}", schema.groups),
-                        format!("{:?}", dataset.schema.groups),
-                    ));
-                }
-                if resume && schema.tasks != dataset.schema.tasks {
-                    return Err(wrap(
-                        "tasks",
-                        format!("{:?}", schema.tasks),
-                        format!("{:?}", dataset.schema.tasks),
-                    ));
-                }
+                let transfer = matches!(encoding, Encoding::Transfer(..));
+                fairrep_data::check_schema(schema, &dataset.schema, transfer).map_err(|e| {
+                    LoadError::Data {
+                        dataset: dataset.name.clone(),
+                        source: Box::new(e),
+                    }
+                })?;
             }
             Ok(dataset)
         }

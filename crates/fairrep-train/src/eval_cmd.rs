@@ -22,7 +22,6 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::audit::{self, GroupDivergence, Interval, ScoreMetrics, TestDivergence, TestSettings};
-use crate::eval::rows_tensor;
 use crate::probe::{FitError, FitSettings, HeadArch, fit_head};
 use crate::trained::{Features, TrainedError, TrainedRun};
 
@@ -183,17 +182,7 @@ fn evaluate_run(
     let n_groups = ds.n_groups();
     // Task scores.
     let mut tasks = BTreeMap::new();
-    let mut logits: Vec<Vec<f64>> = vec![Vec::with_capacity(split.n); ds.schema.tasks.len()];
-    let mut start = 0;
-    while start < split.n {
-        let end = (start + 8192).min(split.n);
-        let out = run.model.forward(rows_tensor(split, start..end, device));
-        for (t, l) in out.logits.into_iter().enumerate() {
-            let v = l.try_into_vec_as::<f32>().expect("floats");
-            logits[t].extend(v.into_iter().map(f64::from));
-        }
-        start = end;
-    }
+    let (z, logits) = run.forward(split, opts.split.name(), device)?;
     for (t, info) in ds.schema.tasks.iter().enumerate() {
         let metric_err = |source| EvalCmdError::Metric {
             run: run.run_dir.clone(),
@@ -218,7 +207,6 @@ fn evaluate_run(
         tasks.insert(info.name.clone(), m);
     }
     // Leakage.
-    let z = run.encode(split, opts.split.name(), device)?;
     let (fit_split, fit_name) = match opts.split {
         SplitName::Test => (&ds.valid, "valid"),
         SplitName::Valid => (&ds.train, "train"),

@@ -173,6 +173,27 @@ impl TrainedRun {
         split_name: &str,
         device: &Device,
     ) -> Result<Features, TrainedError> {
+        Ok(self.pass(split, split_name, device, false)?.0)
+    }
+
+    /// `z` and every head's output (one vector per task) for every row of `split`, from one
+    /// forward pass.
+    pub fn forward(
+        &self,
+        split: &Split,
+        split_name: &str,
+        device: &Device,
+    ) -> Result<(Features, Vec<Vec<f64>>), TrainedError> {
+        self.pass(split, split_name, device, true)
+    }
+
+    fn pass(
+        &self,
+        split: &Split,
+        split_name: &str,
+        device: &Device,
+        heads: bool,
+    ) -> Result<(Features, Vec<Vec<f64>>), TrainedError> {
         let expected = self.manifest.schema.features.len();
         if split.d != expected {
             return Err(TrainedError::Width {
@@ -182,12 +203,24 @@ impl TrainedRun {
             });
         }
         let k = self.latent();
+        let host =
+            |t: burn::tensor::Tensor<2>| t.try_into_vec_as::<f32>().expect("float tensor data");
         let mut values = Vec::with_capacity(split.n * k);
+        let n_heads = if heads { self.model.heads.len() } else { 0 };
+        let mut outputs: Vec<Vec<f64>> = vec![Vec::with_capacity(split.n); n_heads];
         let mut start = 0;
         while start < split.n {
             let end = (start + CHUNK).min(split.n);
-            let z = self.model.encode(rows_tensor(split, start..end, device));
-            values.extend(z.try_into_vec_as::<f32>().expect("float tensor data"));
+            let x = rows_tensor(split, start..end, device);
+            if heads {
+                let out = self.model.forward(x);
+                values.extend(host(out.latent));
+                for (o, l) in outputs.iter_mut().zip(out.logits) {
+                    o.extend(host(l).into_iter().map(f64::from));
+                }
+            } else {
+                values.extend(host(self.model.encode(x)));
+            }
             start = end;
         }
         if values.iter().any(|v| !v.is_finite()) {
@@ -196,10 +229,13 @@ impl TrainedRun {
                 split: split_name.into(),
             });
         }
-        Ok(Features {
-            values,
-            n: split.n,
-            k,
-        })
+        Ok((
+            Features {
+                values,
+                n: split.n,
+                k,
+            },
+            outputs,
+        ))
     }
 }
