@@ -722,7 +722,8 @@ mod fused {
     use super::*;
     use fairrep_loss::cost::{LOG_ZERO, squared_distances};
     use fairrep_loss::fused::{
-        fused_kernel_sum, fused_softmin, mmd2_fused, sinkhorn_divergence_fused, use_fused,
+        FUSED_MIN_PAIRS_GPU, FUSED_MIN_PAIRS_SOFTWARE, fused_kernel_sum, fused_min_pairs,
+        fused_softmin, mmd2_fused, sinkhorn_divergence_fused, use_fused,
     };
     use fairrep_loss::sinkhorn::softmin;
 
@@ -815,12 +816,14 @@ mod fused {
         (out, grad)
     }
 
-    const SHAPES: [(usize, usize, usize, f64); 5] = [
+    const SHAPES: [(usize, usize, usize, f64); 7] = [
         (1, 1, 1, 0.0),
         (7, 300, 3, 0.0),
         (513, 129, 64, 0.0),
-        (65, 70, 3, 1.0e3), // far from the origin
-        (64, 64, 1, 0.0),   // exactly one tile and one cube
+        (65, 70, 3, 1.0e3),  // far from the origin
+        (64, 64, 1, 0.0),    // exactly one tile and one cube
+        (9, 3000, 2, 0.0),   // columns split in two chunks, merged by a second kernel
+        (3, 4500, 5, 1.0e2), // four chunks, far from the origin
     ];
 
     fn check_softmin(device: &Device) {
@@ -1078,8 +1081,22 @@ mod fused {
 
     fn check_selection(device: &Device) {
         assert!(!use_fused(&Device::flex(), 1 << 16, 1 << 16));
+        assert_eq!(
+            fused_min_pairs(&ndarray_device::get().expect("ndarray")),
+            None
+        );
+        // The software Vulkan of CI, or a hardware GPU: each has its measured threshold.
+        let hardware = device.identity().is_some_and(|id| id.physical.is_some());
+        let min = if hardware {
+            FUSED_MIN_PAIRS_GPU
+        } else {
+            FUSED_MIN_PAIRS_SOFTWARE
+        };
+        assert_eq!(fused_min_pairs(device), Some(min));
+        assert_eq!(fused_min_pairs(&device.clone().autodiff()), Some(min));
         assert!(!use_fused(device, 8, 8));
-        assert!(use_fused(device, 1 << 12, 1 << 12));
+        assert!(!use_fused(device, min - 1, 1));
+        assert!(use_fused(device, min, 1));
         assert!(use_fused(&device.clone().autodiff(), 1 << 12, 1 << 12));
     }
 

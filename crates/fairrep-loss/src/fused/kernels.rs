@@ -6,6 +6,12 @@
 //! size `n x m` exists at any time: memory is `O((n + m) d)`. Accumulation is float32; inputs
 //! of another float dtype are cast to float32 on the way in and back on the way out.
 //!
+//! When there are few rows for many columns (one unit per row would leave most of a GPU
+//! idle), the columns are split into `parts` contiguous chunks, one cube per (row block, chunk)
+//! (see [`split_columns`]): each writes its partial accumulators (running maximum, sum,
+//! weighted displacement or gradient), and a second kernel merges the `parts` partials of each
+//! row. Memory stays `O(parts (n + m) d)` with `parts * n` bounded by [`SPLIT_TARGET_ROWS`].
+//!
 //! The entry points only index; the math is in the small `#[cube]` helpers below them.
 use burn::backend::wgpu::CubeTensor;
 use burn::cubecl;
@@ -20,6 +26,16 @@ const TILE_FLOATS: usize = 4096;
 const MAX_TILE_COLS: usize = 64;
 /// The largest point dimension the kernels take (each unit keeps two `d`-vectors in registers).
 pub const MAX_FUSED_DIM: usize = 256;
+/// Up to this dimension a unit also keeps `y_j - x_i` in registers between the distance and
+/// the accumulation (a third `d`-vector: one subtraction per coordinate and pair fewer); above
+/// it, it computes the difference twice rather than spill registers.
+const CACHED_DIFF_MAX_DIM: usize = 32;
+/// Rows times column chunks worth having in flight: enough units to fill a large GPU
+/// (132 multiprocessors x 2048 resident threads on an H100 is 270k).
+const SPLIT_TARGET_ROWS: usize = 1 << 18;
+/// The fewest columns one chunk sweeps, so that writing and merging partials (`d + 2` floats
+/// per row and chunk) stays small next to the sweep (about `3d` operations per column).
+const SPLIT_MIN_COLS: usize = 128;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers (the math)
@@ -37,38 +53,47 @@ fn sq_dist(xi: &Array<f32>, ys: &[f32], offset: usize, #[comptime] d: usize) -> 
     acc
 }
 
-/// One step of the online log-sum-exp: the new running maximum, the factor `alpha` that
-/// rescales everything accumulated so far, and the weight `beta` of the new term `z`, so that
-/// `sum' = alpha * sum + beta` (and the same for any weighted sum). One `exp` per term.
+/// [`sq_dist`] that also keeps the displacement `diff = y_j - x_i` (in registers), so that the
+/// accumulation after it does not compute it again. For `d <= CACHED_DIFF_MAX_DIM`.
 #[cube]
-fn lse_push(max: f32, z: f32) -> (f32, f32, f32) {
-    let e = (-(z - max).abs()).exp();
-    let grows = z > max;
-    let alpha = select(grows, e, 1.0f32);
-    let beta = select(grows, 1.0f32, e);
-    (max.max(z), alpha, beta)
-}
-
-/// `acc = alpha * acc + beta * (ys[offset..offset + d] - xi)`: the displacement `y_j - x_i`
-/// rather than `y_j`, so that `ybar_i - x_i` (what the gradient needs) has no cancellation for
-/// clouds far from the origin.
-#[cube]
-fn axpby_diff(
-    acc: &mut Array<f32>,
-    alpha: f32,
-    beta: f32,
+fn sq_dist_keep(
     xi: &Array<f32>,
     ys: &[f32],
     offset: usize,
+    diff: &mut Array<f32>,
     #[comptime] d: usize,
-) {
+) -> f32 {
+    let mut acc = 0.0f32;
     #[unroll]
     for k in 0..d {
-        acc[k] = alpha * acc[k] + beta * (ys[offset + k] - xi[k]);
+        let t = ys[offset + k] - xi[k];
+        diff[k] = t;
+        acc += t * t;
+    }
+    acc
+}
+
+/// `acc += w * diff`.
+#[cube]
+fn add_scaled(acc: &mut Array<f32>, w: f32, diff: &Array<f32>, #[comptime] d: usize) {
+    #[unroll]
+    for k in 0..d {
+        acc[k] += w * diff[k];
     }
 }
 
-/// `acc += w * (ys[offset..offset + d] - xi)`.
+/// `acc *= scale`.
+#[cube]
+fn scale_in_place(acc: &mut Array<f32>, scale: f32, #[comptime] d: usize) {
+    #[unroll]
+    for k in 0..d {
+        acc[k] *= scale;
+    }
+}
+
+/// `acc += w * (ys[offset..offset + d] - xi)`. The softmin accumulates the displacement
+/// `y_j - x_i` rather than `y_j`, so that `ybar_i - x_i` (what the gradient needs) has no
+/// cancellation for clouds far from the origin.
 #[cube]
 fn add_scaled_diff(
     acc: &mut Array<f32>,
@@ -154,6 +179,16 @@ fn stage_tile(
     }
 }
 
+/// `min(begin + chunk, m)`: where the chunk that starts at `begin` ends.
+#[cube]
+fn column_end(begin: usize, chunk: usize, m: usize) -> usize {
+    let mut end = begin + chunk;
+    if end > m {
+        end = m;
+    }
+    end
+}
+
 /// `min(remaining, tile)`: the number of points in the tile that starts here.
 #[cube]
 fn tile_len(remaining: usize, #[comptime] tile: usize) -> usize {
@@ -183,18 +218,26 @@ fn store_row(
 // Entry points (indexing only)
 
 /// `out_i = -eps LSE_j(h_j - |x_i - y_j|^2 / (2 eps))` and the barycentre displacement
-/// `delta_i = sum_j pi_ij (y_j - x_i) = ybar_i - x_i`.
+/// `delta_i = sum_j pi_ij (y_j - x_i) = ybar_i - x_i`, over the columns of chunk `CUBE_POS_Y`
+/// (`chunk` columns each).
+///
+/// With `split`, the chunk's partials go to slot `p * n + i`: `out` the running maximum `M`,
+/// `sums` the sum of `exp(z_j - M)`, `delta` the same-weighted sum of displacements; without,
+/// `out` and `delta` are final (and `sums` is not touched).
 #[cube(launch)]
 fn softmin_kernel(
     x: &Tensor<f32>,
     y: &Tensor<f32>,
     h: &Tensor<f32>,
     out: &mut Tensor<f32>,
+    sums: &mut Tensor<f32>,
     delta: &mut Tensor<f32>,
     half_inv_eps: f32,
     eps: f32,
+    chunk: u32,
     #[comptime] d: usize,
     #[comptime] tile: usize,
+    #[comptime] split: bool,
 ) {
     let n = x.shape(0);
     let m = y.shape(0);
@@ -202,36 +245,101 @@ fn softmin_kernel(
     let active = row < n;
     let xi = load_row(x, row, active, d);
     let mut acc = zeros(d);
+    let cache = comptime!(d <= CACHED_DIFF_MAX_DIM);
+    let mut diff = zeros(d);
     // Stands for -inf (WGSL has no infinity literal); every logit is larger, LOG_ZERO included.
     let mut max = f32::new(-3.0e38f32);
     let mut sum = 0.0f32;
     let mut tile_y = Shared::<[f32]>::new_slice(tile * d);
     let mut tile_h = Shared::<[f32]>::new_slice(tile);
 
-    let mut start = 0usize;
-    while start < m {
-        let count = tile_len(m - start, tile);
+    let begin = CUBE_POS_Y as usize * chunk as usize;
+    let end = column_end(begin, chunk as usize, m);
+    let mut start = begin;
+    while start < end {
+        let count = tile_len(end - start, tile);
         stage_tile(y, h, &mut tile_y, &mut tile_h, start, count, d);
         sync_cube();
         if active {
             for c in 0..count {
-                let z = tile_h[c] - half_inv_eps * sq_dist(&xi, &tile_y, c * d, d);
-                let (new_max, alpha, beta) = lse_push(max, z);
-                sum = alpha * sum + beta;
-                axpby_diff(&mut acc, alpha, beta, &xi, &tile_y, c * d, d);
-                max = new_max;
+                let dist2 = if cache {
+                    sq_dist_keep(&xi, &tile_y, c * d, &mut diff, d)
+                } else {
+                    sq_dist(&xi, &tile_y, c * d, d)
+                };
+                let z = tile_h[c] - half_inv_eps * dist2;
+                // Online log-sum-exp: rescale what is accumulated only when the maximum grows
+                // (rarely, after the first terms), so a term costs one `exp`.
+                if z > max {
+                    let scale = (max - z).exp();
+                    sum *= scale;
+                    scale_in_place(&mut acc, scale, d);
+                    max = z;
+                }
+                let e = (z - max).exp();
+                sum += e;
+                if cache {
+                    add_scaled(&mut acc, e, &diff, d);
+                } else {
+                    add_scaled_diff(&mut acc, e, &xi, &tile_y, c * d, d);
+                }
             }
         }
         sync_cube();
         start += tile;
     }
     if active {
-        out[row] = -eps * (max + sum.ln());
+        if split {
+            let slot = CUBE_POS_Y as usize * n + row;
+            out[slot] = max;
+            sums[slot] = sum;
+            store_row(delta, slot, &acc, 1.0f32, d);
+        } else {
+            out[row] = -eps * (max + sum.ln());
+            store_row(delta, row, &acc, 1.0f32 / sum, d);
+        }
+    }
+}
+
+/// Merges the `parts` partials of [`softmin_kernel`] (shapes `[parts, n]`, `[parts, n]` and
+/// `[parts * n, d]`) into `out [n]` and `delta [n, d]`.
+#[cube(launch)]
+fn softmin_merge_kernel(
+    maxes: &Tensor<f32>,
+    sums: &Tensor<f32>,
+    accs: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    delta: &mut Tensor<f32>,
+    eps: f32,
+    #[comptime] d: usize,
+) {
+    let parts = maxes.shape(0);
+    let n = maxes.shape(1);
+    let row = ABSOLUTE_POS_X as usize;
+    if row < n {
+        let mut big = f32::new(-3.0e38f32);
+        for p in 0..parts {
+            big = big.max(maxes[p * n + row]);
+        }
+        let mut sum = 0.0f32;
+        let mut acc = zeros(d);
+        for p in 0..parts {
+            let slot = p * n + row;
+            let w = (maxes[slot] - big).exp();
+            sum += w * sums[slot];
+            #[unroll]
+            for k in 0..d {
+                acc[k] += w * accs[slot * d + k];
+            }
+        }
+        out[row] = -eps * (big + sum.ln());
         store_row(delta, row, &acc, 1.0f32 / sum, d);
     }
 }
 
-/// `r_i = sum_j b_j k(x_i, y_j)` and `grad_i = d r_i / d x_i = sum_j b_j k'(x_i, y_j) (y_j - x_i)`.
+/// `r_i = sum_j b_j k(x_i, y_j)` and `grad_i = d r_i / d x_i = sum_j b_j k'(x_i, y_j) (y_j - x_i)`,
+/// over the columns of chunk `CUBE_POS_Y` (`chunk` columns each). With `split`, the chunk's
+/// partial sums go to slot `p * n + i` of `out` and `grad`.
 #[cube(launch)]
 fn kernel_sum_kernel(
     x: &Tensor<f32>,
@@ -241,8 +349,10 @@ fn kernel_sum_kernel(
     out: &mut Tensor<f32>,
     grad: &mut Tensor<f32>,
     n_bw: u32,
+    chunk: u32,
     #[comptime] d: usize,
     #[comptime] tile: usize,
+    #[comptime] split: bool,
 ) {
     let n = x.shape(0);
     let m = y.shape(0);
@@ -251,26 +361,73 @@ fn kernel_sum_kernel(
     let active = row < n;
     let xi = load_row(x, row, active, d);
     let mut acc = zeros(d);
+    let cache = comptime!(d <= CACHED_DIFF_MAX_DIM);
+    let mut diff = zeros(d);
     let mut sum = 0.0f32;
     let mut tile_y = Shared::<[f32]>::new_slice(tile * d);
     let mut tile_b = Shared::<[f32]>::new_slice(tile);
 
-    let mut start = 0usize;
-    while start < m {
-        let count = tile_len(m - start, tile);
+    let begin = CUBE_POS_Y as usize * chunk as usize;
+    let end = column_end(begin, chunk as usize, m);
+    let mut start = begin;
+    while start < end {
+        let count = tile_len(end - start, tile);
         stage_tile(y, b, &mut tile_y, &mut tile_b, start, count, d);
         sync_cube();
         if active {
             for c in 0..count {
-                let (k, kp) = gaussian_mix(sq_dist(&xi, &tile_y, c * d, d), coef, n_bw);
+                let dist2 = if cache {
+                    sq_dist_keep(&xi, &tile_y, c * d, &mut diff, d)
+                } else {
+                    sq_dist(&xi, &tile_y, c * d, d)
+                };
+                let (k, kp) = gaussian_mix(dist2, coef, n_bw);
                 sum += tile_b[c] * k;
-                add_scaled_diff(&mut acc, tile_b[c] * kp, &xi, &tile_y, c * d, d);
+                if cache {
+                    add_scaled(&mut acc, tile_b[c] * kp, &diff, d);
+                } else {
+                    add_scaled_diff(&mut acc, tile_b[c] * kp, &xi, &tile_y, c * d, d);
+                }
             }
         }
         sync_cube();
         start += tile;
     }
     if active {
+        let slot = if split {
+            CUBE_POS_Y as usize * n + row
+        } else {
+            row
+        };
+        out[slot] = sum;
+        store_row(grad, slot, &acc, 1.0f32, d);
+    }
+}
+
+/// Adds up the `parts` partials of [`kernel_sum_kernel`] (shapes `[parts, n]` and
+/// `[parts * n, d]`) into `out [n]` and `grad [n, d]`.
+#[cube(launch)]
+fn kernel_sum_merge_kernel(
+    sums: &Tensor<f32>,
+    grads: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    grad: &mut Tensor<f32>,
+    #[comptime] d: usize,
+) {
+    let parts = sums.shape(0);
+    let n = sums.shape(1);
+    let row = ABSOLUTE_POS_X as usize;
+    if row < n {
+        let mut sum = 0.0f32;
+        let mut acc = zeros(d);
+        for p in 0..parts {
+            let slot = p * n + row;
+            sum += sums[slot];
+            #[unroll]
+            for k in 0..d {
+                acc[k] += grads[slot * d + k];
+            }
+        }
         out[row] = sum;
         store_row(grad, row, &acc, 1.0f32, d);
     }
@@ -297,10 +454,24 @@ fn empty_f32(like: &CubeTensor, shape: Shape) -> CubeTensor {
     )
 }
 
-fn cube_count(n: usize) -> CubeCount {
-    CubeCount::Static((n as u32).div_ceil(BLOCK_ROWS).max(1), 1, 1)
+fn cube_count(n: usize, parts: usize) -> CubeCount {
+    CubeCount::Static(
+        (n as u32).div_ceil(BLOCK_ROWS).max(1),
+        parts.max(1) as u32,
+        1,
+    )
 }
 
+/// How the `m` columns are cut for `n` rows: `(parts, chunk)`, `parts` chunks of `chunk`
+/// columns (the last one shorter), every chunk non-empty. One chunk (no split) unless the rows
+/// alone leave the GPU idle and each chunk keeps at least [`SPLIT_MIN_COLS`] columns.
+pub(crate) fn split_columns(n: usize, m: usize) -> (usize, usize) {
+    let wanted = SPLIT_TARGET_ROWS.div_ceil(n.max(1));
+    let allowed = m / SPLIT_MIN_COLS;
+    let parts = wanted.min(allowed).max(1);
+    let chunk = m.div_ceil(parts).max(1);
+    (m.div_ceil(chunk).max(1), chunk)
+}
 fn dims2(t: &CubeTensor) -> [usize; 2] {
     let shape = t.meta.shape();
     assert_eq!(
@@ -331,19 +502,61 @@ pub fn launch_softmin(
         return (out, delta);
     }
     let client = x.client.clone();
+    let m = dims2(&y)[0];
+    let (parts, chunk) = split_columns(n, m);
+    let tile = tile_cols(d);
+    if parts == 1 {
+        let unused = empty_f32(&x, Shape::new([1]));
+        softmin_kernel::launch(
+            &client,
+            cube_count(n, 1),
+            CubeDim::new_1d(BLOCK_ROWS),
+            x.into_tensor_arg(),
+            y.into_tensor_arg(),
+            h.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            unused.into_tensor_arg(),
+            delta.clone().into_tensor_arg(),
+            (0.5 / eps) as f32,
+            eps as f32,
+            chunk as u32,
+            d,
+            tile,
+            false,
+        );
+        return (out, delta);
+    }
+    let maxes = empty_f32(&x, Shape::new([parts, n]));
+    let sums = empty_f32(&x, Shape::new([parts, n]));
+    let accs = empty_f32(&x, Shape::new([parts * n, d]));
     softmin_kernel::launch(
         &client,
-        cube_count(n),
+        cube_count(n, parts),
         CubeDim::new_1d(BLOCK_ROWS),
         x.into_tensor_arg(),
         y.into_tensor_arg(),
         h.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        delta.clone().into_tensor_arg(),
+        maxes.clone().into_tensor_arg(),
+        sums.clone().into_tensor_arg(),
+        accs.clone().into_tensor_arg(),
         (0.5 / eps) as f32,
         eps as f32,
+        chunk as u32,
         d,
-        tile_cols(d),
+        tile,
+        true,
+    );
+    softmin_merge_kernel::launch(
+        &client,
+        cube_count(n, 1),
+        CubeDim::new_1d(BLOCK_ROWS),
+        maxes.into_tensor_arg(),
+        sums.into_tensor_arg(),
+        accs.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        delta.clone().into_tensor_arg(),
+        eps as f32,
+        d,
     );
     (out, delta)
 }
@@ -388,19 +601,88 @@ pub fn launch_kernel_sum(
         return (out, grad);
     }
     let client = x.client.clone();
+    let m = dims2(&y)[0];
+    let (parts, chunk) = split_columns(n, m);
+    let tile = tile_cols(d);
+    let n_bw = bandwidths.len() as u32;
+    if parts == 1 {
+        kernel_sum_kernel::launch(
+            &client,
+            cube_count(n, 1),
+            CubeDim::new_1d(BLOCK_ROWS),
+            x.into_tensor_arg(),
+            y.into_tensor_arg(),
+            b.into_tensor_arg(),
+            coef.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            grad.clone().into_tensor_arg(),
+            n_bw,
+            chunk as u32,
+            d,
+            tile,
+            false,
+        );
+        return (out, grad);
+    }
+    let sums = empty_f32(&x, Shape::new([parts, n]));
+    let grads = empty_f32(&x, Shape::new([parts * n, d]));
     kernel_sum_kernel::launch(
         &client,
-        cube_count(n),
+        cube_count(n, parts),
         CubeDim::new_1d(BLOCK_ROWS),
         x.into_tensor_arg(),
         y.into_tensor_arg(),
         b.into_tensor_arg(),
         coef.into_tensor_arg(),
+        sums.clone().into_tensor_arg(),
+        grads.clone().into_tensor_arg(),
+        n_bw,
+        chunk as u32,
+        d,
+        tile,
+        true,
+    );
+    kernel_sum_merge_kernel::launch(
+        &client,
+        cube_count(n, 1),
+        CubeDim::new_1d(BLOCK_ROWS),
+        sums.into_tensor_arg(),
+        grads.into_tensor_arg(),
         out.clone().into_tensor_arg(),
         grad.clone().into_tensor_arg(),
-        bandwidths.len() as u32,
         d,
-        tile_cols(d),
     );
     (out, grad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_split_covers_every_column_once() {
+        for (n, m) in [
+            (1, 1),
+            (1, 5000),
+            (7, 3000),
+            (4096, 4096),
+            (100_000, 100_000),
+            (3, 0),
+        ] {
+            let (parts, chunk) = split_columns(n, m);
+            assert!(parts >= 1 && chunk >= 1, "n={n} m={m}: {parts} x {chunk}");
+            // Every chunk non-empty and together exactly the m columns.
+            assert!(
+                (parts - 1) * chunk < m.max(1),
+                "n={n} m={m}: empty last chunk"
+            );
+            assert!(parts * chunk >= m, "n={n} m={m}: columns left out");
+            if parts > 1 {
+                assert!(chunk >= SPLIT_MIN_COLS, "n={n} m={m}: chunk {chunk}");
+            }
+        }
+        // Few rows, many columns: split; many rows: one chunk.
+        assert!(split_columns(16, 1 << 16).0 > 1);
+        assert_eq!(split_columns(1 << 18, 1 << 16).0, 1);
+    }
 }

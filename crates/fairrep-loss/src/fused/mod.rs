@@ -26,15 +26,28 @@ use crate::sinkhorn::{
     Pair, SinkhornConfig, SinkhornOutput, SoftminOp, SolveOutput, box_diameter, solve_with,
 };
 
-/// Smallest `n * m` for which the fused path is used on wgpu (n = m = 1024).
+/// Smallest `n * m` for which the fused path is used on a wgpu device that is a hardware GPU
+/// (n = m = 64, the smallest size measured).
 ///
-/// From `bench_fused` (crates/fairrep-train/examples/bench_fused.rs), value + gradient, on
-/// wgpu over lavapipe/llvmpipe (2 CPU cores), time ratio tensor-op / fused: at n = m = 1024,
-/// softmin 2.1-3.8x (d = 8) and 1.0x (d = 32), kernel sum 2.0-2.6x (d = 8) and 0.7x (d = 32);
-/// at n = m = 4096, softmin 3.6x / 1.1x and kernel sum 3.1x / 1.1x (d = 8 / 32). From there on
-/// the fused path is as fast or faster and its memory is `O((n + m) d)` instead of the
-/// tensor-op path's `n x m` buffers (64 MiB each at 4096). Re-measure on a real GPU.
-pub const FUSED_MIN_PAIRS: usize = 1 << 20;
+/// From `bench_fused` (crates/fairrep-train/examples/bench_fused.rs), value + gradient, on an
+/// NVIDIA H200 through Vulkan, two runs: the fused path was faster than the tensor-op path at
+/// every size measured, n = m from 64 to 16384, d = 8 and 32 (1.2-3x up to n = 1024, 5-13x
+/// from 4096), and the tensor-op path cannot run at all from n = m = 50,000 (wgpu refuses its
+/// 10 GB `n x m` buffer).
+pub const FUSED_MIN_PAIRS_GPU: usize = 64 * 64;
+
+/// Smallest `n * m` for which the fused path is used on a software Vulkan (a wgpu device with
+/// no physical card behind it, lavapipe/llvmpipe) (n = m = 1024).
+///
+/// From `bench_fused` on lavapipe (2 CPU cores), time ratio tensor-op / fused, d = 8 / 32:
+/// softmin 2.9x / 1.1x and kernel sum 1.5x / 1.2x at n = m = 256; 2.7x / 1.3x and 2.0x / 1.3x
+/// at 1024; 2.8x / 0.95x and 2.8x / 0.8x at 4096. The fused path is taken from 1024 on, where
+/// it is faster or within 20%, because its memory is `O((n + m) d)` where the tensor-op path
+/// holds several `n x m` matrices (64 MiB each at 4096). Below, where the memory is small
+/// either way, the tensor-op path is kept on this device so that the test suite's small
+/// problems on the software Vulkan of CI keep that path checked against the fixtures too (the
+/// fused path is checked against it directly).
+pub const FUSED_MIN_PAIRS_SOFTWARE: usize = 1 << 20;
 
 /// Whether `device` is a wgpu device (autodiff or not).
 fn is_wgpu(device: &Device) -> bool {
@@ -44,10 +57,25 @@ fn is_wgpu(device: &Device) -> bool {
     }
 }
 
+/// The smallest `n * m` for which the divergences on `device` take the fused path:
+/// [`FUSED_MIN_PAIRS_GPU`] on a wgpu device backed by a card, [`FUSED_MIN_PAIRS_SOFTWARE`] on
+/// a software Vulkan; `None` off wgpu (the CPU devices always run the tensor ops).
+pub fn fused_min_pairs(device: &Device) -> Option<usize> {
+    if !is_wgpu(device) {
+        return None;
+    }
+    let hardware = device.identity().is_some_and(|id| id.physical.is_some());
+    Some(if hardware {
+        FUSED_MIN_PAIRS_GPU
+    } else {
+        FUSED_MIN_PAIRS_SOFTWARE
+    })
+}
+
 /// Whether the divergences between `n` and `m` points on `device` use the fused kernels:
-/// wgpu only, and `n * m >= FUSED_MIN_PAIRS`.
+/// wgpu only, and `n * m` at least [`fused_min_pairs`].
 pub fn use_fused(device: &Device, n: usize, m: usize) -> bool {
-    is_wgpu(device) && n.saturating_mul(m) >= FUSED_MIN_PAIRS
+    fused_min_pairs(device).is_some_and(|min| n.saturating_mul(m) >= min)
 }
 
 /// [`use_fused`] for two clouds, plus what the kernels require: `d <= MAX_FUSED_DIM`, and
