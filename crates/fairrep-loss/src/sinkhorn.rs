@@ -216,16 +216,34 @@ pub fn solve_potentials(
         costs: Costs::new(&x, &y),
         scaled: None,
     };
-    solve_with(&mut op, diameter, a, b, config)
+    let same = same_measure(&x, &y, a, b);
+    solve_with(&mut op, diameter, a, b, same, config)
+}
+
+/// Whether the two weighted clouds are one measure, point for point (same points in the same
+/// order, same weights). Then `OT_eps(alpha, beta)` is the symmetric problem `OT_eps(alpha,
+/// alpha)`, whose potentials are both the symmetric potential `f_aa`.
+pub(crate) fn same_measure(x: &Tensor<2>, y: &Tensor<2>, a: &Tensor<1>, b: &Tensor<1>) -> bool {
+    x.dims() == y.dims()
+        && a.dims() == b.dims()
+        && x.clone().equal(y.clone()).all().into_scalar::<bool>()
+        && a.clone().equal(b.clone()).all().into_scalar::<bool>()
 }
 
 /// The solver loop of [`solve_potentials`] over any implementation of the four softmins
 /// (the tensor-op cost matrices here, the fused kernel on wgpu).
+///
+/// With `same` (see [`same_measure`]) the cross potentials are taken equal to the symmetric
+/// ones at the target eps instead of being iterated: the exact solution of that problem, which
+/// the cross iterations would only approach, and very slowly (with `P` close to the identity,
+/// any difference between `f` and `g` is a mode that alternating and averaged steps both
+/// barely contract).
 pub(crate) fn solve_with(
     op: &mut dyn SoftminOp,
     diameter: f64,
     a: &Tensor<1>,
     b: &Tensor<1>,
+    same: bool,
     config: &SinkhornConfig,
 ) -> SolveOutput {
     let (a, b) = (a.clone().inner(), b.clone().inner());
@@ -278,13 +296,20 @@ pub(crate) fn solve_with(
             Pair::YY,
             b_log.clone() + p.g_bb.clone().mul_scalar(inv),
         );
-        let f_t = op.softmin(
-            eps,
-            Pair::XY,
-            b_log.clone() + p.g_ab.clone().mul_scalar(inv),
-        );
+        let cross_update = || {
+            op.softmin(
+                eps,
+                Pair::XY,
+                b_log.clone() + p.g_ab.clone().mul_scalar(inv),
+            )
+        };
         let (f_ba, g_ab) = match momentum.step {
+            _ if same => {
+                let f = (p.f_aa.clone() + f_aa.clone()).mul_scalar(0.5);
+                (f.clone(), f)
+            }
             CrossStep::Averaged => {
+                let f_t = cross_update();
                 let g_t = op.softmin(
                     eps,
                     Pair::YX,
@@ -293,7 +318,7 @@ pub(crate) fn solve_with(
                 (relax(&p.f_ba, f_t, 0.5), relax(&p.g_ab, g_t, 0.5))
             }
             CrossStep::Alternating(w) => {
-                let f_ba = relax(&p.f_ba, f_t, w);
+                let f_ba = relax(&p.f_ba, cross_update(), w);
                 let g_t = op.softmin(eps, Pair::YX, a_log.clone() + f_ba.clone().mul_scalar(inv));
                 let g_ab = relax(&p.g_ab, g_t, w);
                 (f_ba, g_ab)
@@ -310,20 +335,26 @@ pub(crate) fn solve_with(
         };
         if check {
             // Both marginals of the cross plan defined by (f_ba, g_ab), and those of the self
-            // plans (symmetric: twice one marginal) of the potentials before this step.
-            let f_t = op.softmin(
-                eps,
-                Pair::XY,
-                b_log.clone() + p.g_ab.clone().mul_scalar(inv),
-            );
-            let g_t = op.softmin(
-                eps,
-                Pair::YX,
-                a_log.clone() + p.f_ba.clone().mul_scalar(inv),
-            );
-            let cross = marginal_l1(eps, &a, &p.f_ba, &f_t) + marginal_l1(eps, &b, &p.g_ab, &g_t);
+            // plans (symmetric: twice one marginal) of the potentials before this step. For one
+            // measure the cross plan is the self plan (its cost matrix only differs by the
+            // rounding of another centring): its error is the self error.
             let self_a = marginal_l1(eps, &a, &old_f_aa, &f_aa).mul_scalar(2.0);
             let self_b = marginal_l1(eps, &b, &old_g_bb, &g_bb).mul_scalar(2.0);
+            let cross = if same {
+                self_a.clone()
+            } else {
+                let f_t = op.softmin(
+                    eps,
+                    Pair::XY,
+                    b_log.clone() + p.g_ab.clone().mul_scalar(inv),
+                );
+                let g_t = op.softmin(
+                    eps,
+                    Pair::YX,
+                    a_log.clone() + p.f_ba.clone().mul_scalar(inv),
+                );
+                marginal_l1(eps, &a, &p.f_ba, &f_t) + marginal_l1(eps, &b, &p.g_ab, &g_t)
+            };
             let errors = host_values(Tensor::cat(vec![cross, self_a, self_b], 0));
             marginal_error = errors.iter().fold(
                 0.0,

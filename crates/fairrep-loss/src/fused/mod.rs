@@ -23,7 +23,8 @@ use burn::tensor::{Device, Tensor};
 use crate::cost::{log_weights, uniform_weights};
 use crate::mmd::{Bandwidth, MmdConfig, MmdEstimator, MmdOutput, median_heuristic};
 use crate::sinkhorn::{
-    Pair, SinkhornConfig, SinkhornOutput, SoftminOp, SolveOutput, box_diameter, solve_with,
+    Pair, SinkhornConfig, SinkhornOutput, SoftminOp, SolveOutput, box_diameter, same_measure,
+    solve_with,
 };
 
 /// Smallest `n * m` for which the fused path is used on a wgpu device that is a hardware GPU
@@ -203,7 +204,8 @@ pub fn solve_potentials_fused(
 ) -> SolveOutput {
     let (x, y) = (x.clone().inner(), y.clone().inner());
     let diameter = box_diameter(&x, &y);
-    solve_with(&mut FusedSoftmin { x, y }, diameter, a, b, config)
+    let same = same_measure(&x, &y, a, b);
+    solve_with(&mut FusedSoftmin { x, y }, diameter, a, b, same, config)
 }
 
 /// [`crate::sinkhorn_divergence`] through the fused softmin: the loop on detached tensors,
