@@ -277,6 +277,7 @@ pub(crate) fn solve_with(
     // `Momentum`), turning a rate `1 - delta` into about `1 - 2 sqrt(delta)`. Averaged steps
     // damp the oscillating mode of near-symmetric problems (identical clouds), over-relaxed
     // alternating steps the slow monotone mode of the others. All share the fixed point.
+    // The self potentials stop being updated once their error is far below the tolerance.
     let eps = *last_eps;
     op.prepare(eps);
     let check_every = config.check_every.max(1);
@@ -285,17 +286,23 @@ pub(crate) fn solve_with(
     let mut marginal_error = f64::INFINITY;
     let mut converged = false;
     let mut momentum = Momentum::new(check_every);
+    // The self errors once the self potentials are frozen (see SELF_FREEZE).
+    let mut frozen_self: Option<[f64; 2]> = None;
     for it in 1..=max_iters {
-        let f_aa = op.softmin(
-            eps,
-            Pair::XX,
-            a_log.clone() + p.f_aa.clone().mul_scalar(inv),
-        );
-        let g_bb = op.softmin(
-            eps,
-            Pair::YY,
-            b_log.clone() + p.g_bb.clone().mul_scalar(inv),
-        );
+        // The symmetric updates of the self potentials, until they are frozen.
+        let fresh = frozen_self.is_none().then(|| {
+            let f_aa = op.softmin(
+                eps,
+                Pair::XX,
+                a_log.clone() + p.f_aa.clone().mul_scalar(inv),
+            );
+            let g_bb = op.softmin(
+                eps,
+                Pair::YY,
+                b_log.clone() + p.g_bb.clone().mul_scalar(inv),
+            );
+            (f_aa, g_bb)
+        });
         let cross_update = || {
             op.softmin(
                 eps,
@@ -303,12 +310,12 @@ pub(crate) fn solve_with(
                 b_log.clone() + p.g_ab.clone().mul_scalar(inv),
             )
         };
-        let (f_ba, g_ab) = match momentum.step {
-            _ if same => {
+        let (f_ba, g_ab) = match (&fresh, momentum.step) {
+            (Some((f_aa, _)), _) if same => {
                 let f = (p.f_aa.clone() + f_aa.clone()).mul_scalar(0.5);
                 (f.clone(), f)
             }
-            CrossStep::Averaged => {
+            (_, CrossStep::Averaged) => {
                 let f_t = cross_update();
                 let g_t = op.softmin(
                     eps,
@@ -317,7 +324,7 @@ pub(crate) fn solve_with(
                 );
                 (relax(&p.f_ba, f_t, 0.5), relax(&p.g_ab, g_t, 0.5))
             }
-            CrossStep::Alternating(w) => {
+            (_, CrossStep::Alternating(w)) => {
                 let f_ba = relax(&p.f_ba, cross_update(), w);
                 let g_t = op.softmin(eps, Pair::YX, a_log.clone() + f_ba.clone().mul_scalar(inv));
                 let g_ab = relax(&p.g_ab, g_t, w);
@@ -327,35 +334,55 @@ pub(crate) fn solve_with(
         n_iters += 1;
         let check = it % check_every == 0 || it == max_iters;
         let (old_f_aa, old_g_bb) = (p.f_aa.clone(), p.g_bb.clone());
+        let (f_aa, g_bb) = match &fresh {
+            Some((f_aa, g_bb)) => (
+                (p.f_aa + f_aa.clone()).mul_scalar(0.5),
+                (p.g_bb + g_bb.clone()).mul_scalar(0.5),
+            ),
+            None => (p.f_aa, p.g_bb),
+        };
         p = Potentials {
             f_ba,
             g_ab,
-            f_aa: (p.f_aa + f_aa.clone()).mul_scalar(0.5),
-            g_bb: (p.g_bb + g_bb.clone()).mul_scalar(0.5),
+            f_aa,
+            g_bb,
         };
         if check {
             // Both marginals of the cross plan defined by (f_ba, g_ab), and those of the self
             // plans (symmetric: twice one marginal) of the potentials before this step. For one
             // measure the cross plan is the self plan (its cost matrix only differs by the
             // rounding of another centring): its error is the self error.
-            let self_a = marginal_l1(eps, &a, &old_f_aa, &f_aa).mul_scalar(2.0);
-            let self_b = marginal_l1(eps, &b, &old_g_bb, &g_bb).mul_scalar(2.0);
-            let cross = if same {
-                self_a.clone()
-            } else {
-                let f_t = op.softmin(
-                    eps,
-                    Pair::XY,
-                    b_log.clone() + p.g_ab.clone().mul_scalar(inv),
-                );
-                let g_t = op.softmin(
-                    eps,
-                    Pair::YX,
-                    a_log.clone() + p.f_ba.clone().mul_scalar(inv),
-                );
-                marginal_l1(eps, &a, &p.f_ba, &f_t) + marginal_l1(eps, &b, &p.g_ab, &g_t)
+            let self_errors = fresh.map(|(f_aa, g_bb)| {
+                (
+                    marginal_l1(eps, &a, &old_f_aa, &f_aa).mul_scalar(2.0),
+                    marginal_l1(eps, &b, &old_g_bb, &g_bb).mul_scalar(2.0),
+                )
+            });
+            let cross = match &self_errors {
+                Some((self_a, _)) if same => self_a.clone(),
+                _ => {
+                    let f_t = op.softmin(
+                        eps,
+                        Pair::XY,
+                        b_log.clone() + p.g_ab.clone().mul_scalar(inv),
+                    );
+                    let g_t = op.softmin(
+                        eps,
+                        Pair::YX,
+                        a_log.clone() + p.f_ba.clone().mul_scalar(inv),
+                    );
+                    marginal_l1(eps, &a, &p.f_ba, &f_t) + marginal_l1(eps, &b, &p.g_ab, &g_t)
+                }
             };
-            let errors = host_values(Tensor::cat(vec![cross, self_a, self_b], 0));
+            let errors = match (self_errors, frozen_self) {
+                (Some((self_a, self_b)), _) => {
+                    host_values(Tensor::cat(vec![cross, self_a, self_b], 0))
+                }
+                (None, frozen) => {
+                    let [self_a, self_b] = frozen.expect("self potentials frozen");
+                    vec![host_values(cross)[0], self_a, self_b]
+                }
+            };
             marginal_error = errors.iter().fold(
                 0.0,
                 |m: f64, v| if v.is_nan() { f64::NAN } else { m.max(*v) },
@@ -363,6 +390,12 @@ pub(crate) fn solve_with(
             if marginal_error < config.tolerance {
                 converged = true;
                 break;
+            }
+            if !same
+                && frozen_self.is_none()
+                && errors[1].max(errors[2]) < SELF_FREEZE * config.tolerance
+            {
+                frozen_self = Some([errors[1], errors[2]]);
             }
             momentum.observe(errors[0]);
         }
@@ -374,6 +407,12 @@ pub(crate) fn solve_with(
         converged,
     }
 }
+
+/// The self potentials converge much faster than the cross ones (their symmetric averaged
+/// step damps the oscillating mode at once): once both self errors are below this fraction of
+/// the tolerance, they are left as they are and each iteration at the target eps costs two
+/// softmins instead of four.
+const SELF_FREEZE: f64 = 1e-2;
 
 /// One symmetric step: the softmin updates of all four potentials from the current ones,
 /// averaged with the current values.

@@ -31,8 +31,8 @@ struct Options {
     python: Option<String>,
 }
 
-/// A divergence under benchmark: value and marginal error of one evaluation.
-type Divergence = dyn Fn(Tensor<2>, Tensor<2>) -> (Tensor<1>, f64);
+/// A divergence under benchmark: value, marginal error and iterations of one evaluation.
+type Divergence = dyn Fn(Tensor<2>, Tensor<2>) -> (Tensor<1>, f64, usize);
 fn parse_list(s: &str) -> Vec<usize> {
     s.split(',')
         .map(|v| v.trim().parse().expect("a list of integers"))
@@ -91,7 +91,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median seconds of value + gradient, and the last marginal error (0 for MMD).
+/// Median seconds of value + gradient, and the last value, marginal error (0 for MMD) and
+/// iteration count (0 for MMD).
 fn time_ours(
     device: &Device,
     x: &[f32],
@@ -99,16 +100,16 @@ fn time_ours(
     n: usize,
     d: usize,
     repeats: usize,
-    run: &dyn Fn(Tensor<2>, Tensor<2>) -> (Tensor<1>, f64),
-) -> (f64, f64, f64) {
+    run: &Divergence,
+) -> (f64, f64, f64, usize) {
     let ad = device.clone().autodiff();
     let mut times = Vec::new();
-    let mut last = (0.0, 0.0);
+    let mut last = (0.0, 0.0, 0);
     for rep in 0..=repeats {
         let start = Instant::now();
         let xt = Tensor::<2>::from_data(TensorData::new(x.to_vec(), [n, d]), &ad).require_grad();
         let yt = Tensor::<2>::from_data(TensorData::new(y.to_vec(), [n, d]), &ad);
-        let (value, err) = run(xt.clone(), yt);
+        let (value, err, iters) = run(xt.clone(), yt);
         let grads = value.backward();
         let g: Vec<f32> = xt
             .grad(&grads)
@@ -121,9 +122,9 @@ fn time_ours(
         if rep > 0 {
             times.push(start.elapsed().as_secs_f64());
         }
-        last = (v as f64, err);
+        last = (v as f64, err, iters);
     }
-    (median(times), last.0, last.1)
+    (median(times), last.0, last.1, last.2)
 }
 
 fn peers(
@@ -195,8 +196,8 @@ fn main() {
         o.device, device, o.eps, o.tolerance, o.repeats
     );
     println!(
-        "{:<9} {:>5} {:>3} {:<22} {:>10} {:>12} {:>10} {:>14}",
-        "kind", "n", "d", "library", "seconds", "peer/ours", "marg.err", "value"
+        "{:<9} {:>5} {:>3} {:<22} {:>10} {:>12} {:>10} {:>14} {:>6}",
+        "kind", "n", "d", "library", "seconds", "peer/ours", "marg.err", "value", "iters"
     );
     for &n in &o.sizes {
         for &d in &o.dims {
@@ -225,18 +226,19 @@ fn main() {
                     "sinkhorn",
                     Box::new(move |x, y| {
                         let s = sinkhorn_divergence(x, y, None, None, &sinkhorn);
-                        (s.value, s.marginal_error)
+                        (s.value, s.marginal_error, s.n_iters)
                     }),
                 ),
                 (
                     "mmd",
-                    Box::new(move |x, y| (mmd2(x, y, None, None, &mmd), 0.0)),
+                    Box::new(move |x, y| (mmd2(x, y, None, None, &mmd), 0.0, 0)),
                 ),
             ];
             for (kind, run) in runs.iter() {
-                let (secs, value, err) = time_ours(&device, &x, &y, n, d, o.repeats, run.as_ref());
+                let (secs, value, err, iters) =
+                    time_ours(&device, &x, &y, n, d, o.repeats, run.as_ref());
                 println!(
-                    "{kind:<9} {n:>5} {d:>3} {:<22} {secs:>10.4} {:>12} {err:>10.1e} {value:>14.7e}",
+                    "{kind:<9} {n:>5} {d:>3} {:<22} {secs:>10.4} {:>12} {err:>10.1e} {value:>14.7e} {iters:>6}",
                     "fairrep", "1.00"
                 );
                 for peer in peers(&python, &xp, &yp, kind, o.eps, 1.0, o.repeats) {
