@@ -127,6 +127,9 @@ fn time_ours(
     (median(times), last.0, last.1, last.2)
 }
 
+/// Runs `scripts/bench_peers.py` on the clouds in `x` and `y`; `extra` arguments are passed
+/// through (`--libs geomloss --scaling 0.99`, say).
+#[allow(clippy::too_many_arguments)]
 fn peers(
     python: &str,
     x: &Path,
@@ -135,6 +138,7 @@ fn peers(
     eps: f64,
     bandwidth: f64,
     repeats: usize,
+    extra: &[&str],
 ) -> Vec<serde_json::Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_peers.py");
     let out = Command::new(python)
@@ -147,6 +151,7 @@ fn peers(
             "--repeats",
             &repeats.to_string(),
         ])
+        .args(extra)
         .output();
     match out {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
@@ -241,7 +246,34 @@ fn main() {
                     "{kind:<9} {n:>5} {d:>3} {:<22} {secs:>10.4} {:>12} {err:>10.1e} {value:>14.7e} {iters:>6}",
                     "fairrep", "1.00"
                 );
-                for peer in peers(&python, &xp, &yp, kind, o.eps, 1.0, o.repeats) {
+                // GeomLoss runs a fixed eps-scaling schedule with no tolerance: besides its
+                // default (0.9), a slower schedule that reaches a marginal error comparable
+                // to our tolerance.
+                let slow_schedule = ["--libs", "geomloss", "--scaling", "0.99"];
+                let rows = peers(&python, &xp, &yp, kind, o.eps, 1.0, o.repeats, &[])
+                    .into_iter()
+                    .chain(
+                        (*kind == "sinkhorn")
+                            .then(|| {
+                                peers(
+                                    &python,
+                                    &xp,
+                                    &yp,
+                                    kind,
+                                    o.eps,
+                                    1.0,
+                                    o.repeats,
+                                    &slow_schedule,
+                                )
+                            })
+                            .into_iter()
+                            .flatten()
+                            .map(|mut peer| {
+                                peer["lib"] = "geomloss(scaling .99)".into();
+                                peer
+                            }),
+                    );
+                for peer in rows {
                     let s = peer["seconds_median"].as_f64().unwrap_or(f64::NAN);
                     println!(
                         "{kind:<9} {n:>5} {d:>3} {:<22} {s:>10.4} {:>12.2} {:>10.1e} {:>14.7e}",
