@@ -286,6 +286,9 @@ pub(crate) fn solve_with(
     let mut marginal_error = f64::INFINITY;
     let mut converged = false;
     let mut momentum = Momentum::new(check_every);
+    // The cross softmins `T(g)` on the points of alpha and `T(f)` on those of beta.
+    let t_xy = |g: &Tensor<1>| op.softmin(eps, Pair::XY, b_log.clone() + g.clone().mul_scalar(inv));
+    let t_yx = |f: &Tensor<1>| op.softmin(eps, Pair::YX, a_log.clone() + f.clone().mul_scalar(inv));
     // The self errors once the self potentials are frozen (see SELF_FREEZE).
     let mut frozen_self: Option<[f64; 2]> = None;
     for it in 1..=max_iters {
@@ -303,31 +306,18 @@ pub(crate) fn solve_with(
             );
             (f_aa, g_bb)
         });
-        let cross_update = || {
-            op.softmin(
-                eps,
-                Pair::XY,
-                b_log.clone() + p.g_ab.clone().mul_scalar(inv),
-            )
-        };
         let (f_ba, g_ab) = match (&fresh, momentum.step) {
             (Some((f_aa, _)), _) if same => {
                 let f = (p.f_aa.clone() + f_aa.clone()).mul_scalar(0.5);
                 (f.clone(), f)
             }
-            (_, CrossStep::Averaged) => {
-                let f_t = cross_update();
-                let g_t = op.softmin(
-                    eps,
-                    Pair::YX,
-                    a_log.clone() + p.f_ba.clone().mul_scalar(inv),
-                );
-                (relax(&p.f_ba, f_t, 0.5), relax(&p.g_ab, g_t, 0.5))
-            }
+            (_, CrossStep::Averaged) => (
+                relax(&p.f_ba, t_xy(&p.g_ab), 0.5),
+                relax(&p.g_ab, t_yx(&p.f_ba), 0.5),
+            ),
             (_, CrossStep::Alternating(w)) => {
-                let f_ba = relax(&p.f_ba, cross_update(), w);
-                let g_t = op.softmin(eps, Pair::YX, a_log.clone() + f_ba.clone().mul_scalar(inv));
-                let g_ab = relax(&p.g_ab, g_t, w);
+                let f_ba = relax(&p.f_ba, t_xy(&p.g_ab), w);
+                let g_ab = relax(&p.g_ab, t_yx(&f_ba), w);
                 (f_ba, g_ab)
             }
         };
@@ -361,17 +351,8 @@ pub(crate) fn solve_with(
             let cross = match &self_errors {
                 Some((self_a, _)) if same => self_a.clone(),
                 _ => {
-                    let f_t = op.softmin(
-                        eps,
-                        Pair::XY,
-                        b_log.clone() + p.g_ab.clone().mul_scalar(inv),
-                    );
-                    let g_t = op.softmin(
-                        eps,
-                        Pair::YX,
-                        a_log.clone() + p.f_ba.clone().mul_scalar(inv),
-                    );
-                    marginal_l1(eps, &a, &p.f_ba, &f_t) + marginal_l1(eps, &b, &p.g_ab, &g_t)
+                    marginal_l1(eps, &a, &p.f_ba, &t_xy(&p.g_ab))
+                        + marginal_l1(eps, &b, &p.g_ab, &t_yx(&p.f_ba))
                 }
             };
             let errors = match (self_errors, frozen_self) {
