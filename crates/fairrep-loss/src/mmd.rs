@@ -1,7 +1,8 @@
 //! Gaussian-kernel maximum mean discrepancy (MATH.md, "MMD with Gaussian kernels").
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use crate::cost::{squared_distances, uniform_weights};
+use crate::host::mmd2_on_host;
 
 /// Kernel bandwidths `s` of `k_s(x, y) = exp(-|x - y|^2 / (2 s^2))`.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,14 +83,38 @@ pub fn mmd2_with_bandwidths(
         Bandwidth::Median => vec![median_heuristic(&x, &y)],
     };
     let unbiased = config.estimator == MmdEstimator::Unbiased;
-    let xx = self_term(&x, &a, &bandwidths, unbiased);
-    let yy = self_term(&y, &b, &bandwidths, unbiased);
-    let k_xy = gaussian_kernel(squared_distances(x.clone(), y, &x), &bandwidths);
-    let xy = quadratic_form(k_xy, a, b);
+    // On the CPU devices, in host memory (crate::host), unless the weights are differentiated.
+    if crate::host::runs_on_host(&x.device()) && !a.is_tracked() && !b.is_tracked() {
+        let on_host = match x.dtype() {
+            DType::F32 => Some(mmd2_on_host::<f32>(&x, &y, &a, &b, &bandwidths, unbiased)),
+            DType::F64 => Some(mmd2_on_host::<f64>(&x, &y, &a, &b, &bandwidths, unbiased)),
+            _ => None,
+        };
+        if let Some(value) = on_host {
+            return MmdOutput { value, bandwidths };
+        }
+    }
     MmdOutput {
-        value: xx + yy - xy.mul_scalar(2.0),
+        value: mmd2_tensor_ops(x, y, a, b, &bandwidths, unbiased),
         bandwidths,
     }
+}
+
+/// `MMD2` on tensor operations (autodiff through the kernel matrices), the path of the GPU
+/// devices below the fused kernels' threshold and of weights that carry a gradient.
+fn mmd2_tensor_ops(
+    x: Tensor<2>,
+    y: Tensor<2>,
+    a: Tensor<1>,
+    b: Tensor<1>,
+    bandwidths: &[f64],
+    unbiased: bool,
+) -> Tensor<1> {
+    let xx = self_term(&x, &a, bandwidths, unbiased);
+    let yy = self_term(&y, &b, bandwidths, unbiased);
+    let k_xy = gaussian_kernel(squared_distances(x.clone(), y, &x), bandwidths);
+    let xy = quadratic_form(k_xy, a, b);
+    xx + yy - xy.mul_scalar(2.0)
 }
 
 /// `a' K a`, or its U-statistic version `(a' K a - sum a_i^2) / (1 - sum a_i^2)` (`k(x, x) = 1`).
@@ -161,7 +186,67 @@ pub fn median_heuristic(x: &Tensor<2>, y: &Tensor<2>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::Device;
+    use burn::tensor::{Device, TensorData};
+
+    #[test]
+    fn host_path_matches_the_tensor_op_path() {
+        // Values and both gradients, float64, weighted clouds far from the origin, two
+        // bandwidths, both estimators.
+        let device = Device::flex().autodiff();
+        let options = (&device, DType::F64);
+        let cloud = |n: usize, d: usize, seed: u64, shift: f64| {
+            let values: Vec<f64> = (0..n * d)
+                .map(|k| {
+                    let t = (k as u64 * 2_654_435_761 + seed) % 10_007;
+                    t as f64 / 10_007.0 * 3.0 + shift
+                })
+                .collect();
+            Tensor::<2>::from_data(TensorData::new(values, [n, d]), options)
+        };
+        let weights = |n: usize| {
+            let w: Vec<f64> = (0..n).map(|i| (1 + i % 4) as f64).collect();
+            let total: f64 = w.iter().sum();
+            let w: Vec<f64> = w.into_iter().map(|v| v / total).collect();
+            Tensor::<1>::from_data(TensorData::new(w, [n]), options)
+        };
+        let host = |t: Tensor<2>| -> Vec<f64> { t.into_data().try_to_vec_as::<f64>().unwrap() };
+        for unbiased in [false, true] {
+            let run = |on_host: bool| {
+                let x = cloud(23, 4, 3, 100.0).require_grad();
+                let y = cloud(17, 4, 8, 100.5).require_grad();
+                let (a, b) = (weights(23), weights(17));
+                let bandwidths = [0.7, 2.0];
+                let value = if on_host {
+                    mmd2_on_host::<f64>(&x, &y, &a, &b, &bandwidths, unbiased)
+                } else {
+                    mmd2_tensor_ops(x.clone(), y.clone(), a, b, &bandwidths, unbiased)
+                };
+                let grads = value.backward();
+                let v: f64 = value.into_scalar::<f64>();
+                (
+                    v,
+                    host(x.grad(&grads).unwrap()),
+                    host(y.grad(&grads).unwrap()),
+                )
+            };
+            let (v_t, gx_t, gy_t) = run(false);
+            let (v_h, gx_h, gy_h) = run(true);
+            assert!(
+                (v_t - v_h).abs() < 1e-12,
+                "unbiased {unbiased}: {v_t} vs {v_h}"
+            );
+            assert!(v_h > 1e-3, "a non-trivial case: {v_h}");
+            for (want, got) in [(gx_t, gx_h), (gy_t, gy_h)] {
+                let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                for (w, g) in want.iter().zip(&got) {
+                    assert!(
+                        (w - g).abs() <= 1e-10 * scale,
+                        "unbiased {unbiased}: {w} vs {g}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn two_single_points_by_hand() {

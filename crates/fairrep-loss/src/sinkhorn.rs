@@ -6,9 +6,10 @@
 //! and the output: the value as a difference of potentials with its envelope-theorem gradient,
 //! obtained from one differentiable softmin step taken from the converged, detached potentials
 //! ([`sinkhorn_divergence`]).
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use crate::cost::{log_weights, squared_distances, uniform_weights};
+use crate::host::{HostFloat, HostSoftmin, host_vec, to_tensor};
 
 /// Configuration of [`sinkhorn_divergence`]. `eps` is the temperature in cost units
 /// (cost `|x - y|^2 / 2`; GeomLoss `blur = sqrt(eps)`; POT and OTT use `|x - y|^2`, i.e.
@@ -53,17 +54,30 @@ pub struct SinkhornOutput {
     pub converged: bool,
 }
 
-/// The four dual potentials of the debiased divergence (MATH.md notation).
+/// The four dual potentials of the debiased divergence (MATH.md notation), as tensors or, in
+/// the host loop of the CPU devices, as host vectors.
 #[derive(Debug, Clone)]
-pub struct Potentials {
+pub struct Potentials<V = Tensor<1>> {
     /// `f_ba` on the points of `alpha`, shape `[n]`.
-    pub f_ba: Tensor<1>,
+    pub f_ba: V,
     /// `g_ab` on the points of `beta`, shape `[m]`.
-    pub g_ab: Tensor<1>,
+    pub g_ab: V,
     /// `f_aa`, the symmetric potential of `OT_eps(alpha, alpha)`, shape `[n]`.
-    pub f_aa: Tensor<1>,
+    pub f_aa: V,
     /// `g_bb`, the symmetric potential of `OT_eps(beta, beta)`, shape `[m]`.
-    pub g_bb: Tensor<1>,
+    pub g_bb: V,
+}
+
+impl<V> Potentials<V> {
+    /// The same potentials with every vector mapped by `f`.
+    fn map<W>(self, mut f: impl FnMut(V) -> W) -> Potentials<W> {
+        Potentials {
+            f_ba: f(self.f_ba),
+            g_ab: f(self.g_ab),
+            f_aa: f(self.f_aa),
+            g_bb: f(self.g_bb),
+        }
+    }
 }
 
 /// The eps-scaling schedule: from `eps_0 = max(diameter^2 / 2, eps)` multiplied by
@@ -146,12 +160,87 @@ pub(crate) enum Pair {
     YY,
 }
 
-/// The four softmins `softmin_eps(C(rows, cols), h)` the solver loop needs.
+/// The four softmins `softmin_eps(C(rows, cols), h)` on tensors (the tensor-op cost matrices,
+/// the fused kernel); every such implementation is a [`SolverOps`] on `Tensor<1>`.
 pub(crate) trait SoftminOp {
     /// Called whenever the loop moves to a new eps (before the softmins at that eps).
     fn prepare(&mut self, eps: f64);
     /// `softmin_eps(C(pair), h)`, shape `[rows]`.
     fn softmin(&self, eps: f64, pair: Pair, h: Tensor<1>) -> Tensor<1>;
+}
+
+/// What the solver loop needs from the vectors it runs on: the four softmins and a few
+/// elementwise updates. Tensors (any device) through [`SoftminOp`]; host vectors on the CPU
+/// devices ([`crate::host`]).
+pub(crate) trait SolverOps {
+    type Vector: Clone;
+    /// Called whenever the loop moves to a new eps (before the softmins at that eps).
+    fn prepare(&mut self, eps: f64);
+    /// `softmin_eps(C(pair), log_w + pot / eps)` (`log_w` alone without `pot`), shape `[rows]`.
+    fn softmin(
+        &self,
+        eps: f64,
+        pair: Pair,
+        log_w: &Self::Vector,
+        pot: Option<&Self::Vector>,
+    ) -> Self::Vector;
+    /// `(1 - w) old + w new`: plain update for `w = 1`, averaged for `1/2`, over-relaxed for
+    /// `1 < w < 2`.
+    fn relax(&self, old: &Self::Vector, new: Self::Vector, w: f64) -> Self::Vector;
+    /// Log-weights, with `log 0` the finite [`crate::cost::LOG_ZERO`].
+    fn log_weights(&self, w: &Self::Vector) -> Self::Vector;
+    /// For each `(w, old, new)`: `sum_i w_i |exp((old_i - new_i) / eps) - 1|`, the L1 error of
+    /// one marginal of the plan defined by the potentials, where `new` is the softmin update
+    /// of `old` from its partner. Read on the host, all in one go.
+    fn marginal_errors(&self, eps: f64, terms: &[MarginalTerm<'_, Self::Vector>]) -> Vec<f64>;
+}
+
+/// `(weights, old potential, its update)`, see [`SolverOps::marginal_errors`].
+pub(crate) type MarginalTerm<'a, V> = (&'a V, &'a V, &'a V);
+
+impl<T: SoftminOp> SolverOps for T {
+    type Vector = Tensor<1>;
+
+    fn prepare(&mut self, eps: f64) {
+        SoftminOp::prepare(self, eps);
+    }
+
+    fn softmin(
+        &self,
+        eps: f64,
+        pair: Pair,
+        log_w: &Tensor<1>,
+        pot: Option<&Tensor<1>>,
+    ) -> Tensor<1> {
+        let h = match pot {
+            Some(pot) => log_w.clone() + pot.clone().mul_scalar(1.0 / eps),
+            None => log_w.clone(),
+        };
+        SoftminOp::softmin(self, eps, pair, h)
+    }
+
+    fn relax(&self, old: &Tensor<1>, new: Tensor<1>, w: f64) -> Tensor<1> {
+        if w == 1.0 {
+            new
+        } else {
+            old.clone().mul_scalar(1.0 - w) + new.mul_scalar(w)
+        }
+    }
+
+    fn log_weights(&self, w: &Tensor<1>) -> Tensor<1> {
+        log_weights(w.clone())
+    }
+
+    fn marginal_errors(&self, eps: f64, terms: &[MarginalTerm<'_, Tensor<1>>]) -> Vec<f64> {
+        let parts = terms
+            .iter()
+            .map(|&(w, old, new)| {
+                let ratio = (old.clone() - new.clone()).mul_scalar(1.0 / eps).exp();
+                (ratio.sub_scalar(1.0).abs() * w.clone()).sum()
+            })
+            .collect();
+        host_values(Tensor::cat(parts, 0))
+    }
 }
 
 /// The tensor-op softmins: the cost matrices stored once, scaled to `-C / eps` per eps.
@@ -177,17 +266,10 @@ impl SoftminOp for TensorSoftmin {
     }
 }
 
-/// `sum_i w_i |exp((old_i - new_i) / eps) - 1|`: the L1 error of one marginal of the plan
-/// defined by the potentials, where `new` is the softmin update of `old` from its partner.
-fn marginal_l1(eps: f64, w: &Tensor<1>, old: &Tensor<1>, new: &Tensor<1>) -> Tensor<1> {
-    let ratio = (old.clone() - new.clone()).mul_scalar(1.0 / eps).exp();
-    (ratio.sub_scalar(1.0).abs() * w.clone()).sum()
-}
-
 /// What [`solve_potentials`] returns: the converged (detached) potentials and diagnostics.
 #[derive(Debug, Clone)]
-pub struct SolveOutput {
-    pub potentials: Potentials,
+pub struct SolveOutput<V = Tensor<1>> {
+    pub potentials: Potentials<V>,
     pub n_iters: usize,
     pub marginal_error: f64,
     pub converged: bool,
@@ -201,6 +283,9 @@ pub struct SolveOutput {
 /// its previous value (`new = (old + update) / 2`, GeomLoss `sinkhorn_loop` with symmetric
 /// updates; plain alternating updates stall on the self terms).
 ///
+/// On the CPU devices (Flex, NdArray; float32 or float64) the loop runs in host memory
+/// ([`crate::host`]), elsewhere on tensor ops; both are the same loop ([`solve_with`]).
+///
 /// # Shapes
 /// - `x`: `[n, d]`, `y`: `[m, d]`, `a`: `[n]`, `b`: `[m]`
 pub fn solve_potentials(
@@ -211,13 +296,43 @@ pub fn solve_potentials(
     config: &SinkhornConfig,
 ) -> SolveOutput {
     let (x, y) = (x.clone().inner(), y.clone().inner());
+    let (a, b) = (a.clone().inner(), b.clone().inner());
     let diameter = box_diameter(&x, &y);
-    let mut op = TensorSoftmin {
-        costs: Costs::new(&x, &y),
-        scaled: None,
-    };
-    let same = same_measure(&x, &y, a, b);
-    solve_with(&mut op, diameter, a, b, same, config)
+    let same = same_measure(&x, &y, &a, &b);
+    let costs = Costs::new(&x, &y);
+    match (crate::host::runs_on_host(&x.device()), a.dtype()) {
+        (true, DType::F32) => solve_on_host::<f32>(costs, &a, &b, diameter, same, config),
+        (true, DType::F64) => solve_on_host::<f64>(costs, &a, &b, diameter, same, config),
+        _ => {
+            let mut op = TensorSoftmin {
+                costs,
+                scaled: None,
+            };
+            solve_with(&mut op, diameter, &a, &b, same, config)
+        }
+    }
+}
+
+/// [`solve_potentials`] through the host loop, the potentials returned as tensors on the
+/// device and in the dtype of `a`.
+fn solve_on_host<F: HostFloat>(
+    costs: Costs,
+    a: &Tensor<1>,
+    b: &Tensor<1>,
+    diameter: f64,
+    same: bool,
+    config: &SinkhornConfig,
+) -> SolveOutput {
+    let (device, dtype) = (a.device(), a.dtype());
+    let mut op = HostSoftmin::<F>::new(costs.xy, costs.xx, costs.yy);
+    let (a, b) = (host_vec::<F, 1>(a.clone()), host_vec::<F, 1>(b.clone()));
+    let solved = solve_with(&mut op, diameter, &a, &b, same, config);
+    SolveOutput {
+        potentials: solved.potentials.map(|v| to_tensor(v, &device, dtype)),
+        n_iters: solved.n_iters,
+        marginal_error: solved.marginal_error,
+        converged: solved.converged,
+    }
 }
 
 /// Whether the two weighted clouds are one measure, point for point (same points in the same
@@ -231,33 +346,32 @@ pub(crate) fn same_measure(x: &Tensor<2>, y: &Tensor<2>, a: &Tensor<1>, b: &Tens
 }
 
 /// The solver loop of [`solve_potentials`] over any implementation of the four softmins
-/// (the tensor-op cost matrices here, the fused kernel on wgpu).
+/// (the tensor-op cost matrices, the fused kernel on wgpu, host vectors on the CPU).
 ///
 /// With `same` (see [`same_measure`]) the cross potentials are taken equal to the symmetric
 /// ones at the target eps instead of being iterated: the exact solution of that problem, which
 /// the cross iterations would only approach, and very slowly (with `P` close to the identity,
 /// any difference between `f` and `g` is a mode that alternating and averaged steps both
 /// barely contract).
-pub(crate) fn solve_with(
-    op: &mut dyn SoftminOp,
+pub(crate) fn solve_with<O: SolverOps>(
+    op: &mut O,
     diameter: f64,
-    a: &Tensor<1>,
-    b: &Tensor<1>,
+    a: &O::Vector,
+    b: &O::Vector,
     same: bool,
     config: &SinkhornConfig,
-) -> SolveOutput {
-    let (a, b) = (a.clone().inner(), b.clone().inner());
-    let (a_log, b_log) = (log_weights(a.clone()), log_weights(b.clone()));
+) -> SolveOutput<O::Vector> {
+    let (a_log, b_log) = (op.log_weights(a), op.log_weights(b));
     let schedule = epsilon_schedule(diameter, config.eps, config.scaling);
 
     // Initialisation at the first (largest) eps: potentials against the weights alone.
     let eps0 = schedule[0];
     op.prepare(eps0);
     let mut p = Potentials {
-        f_ba: op.softmin(eps0, Pair::XY, b_log.clone()),
-        g_ab: op.softmin(eps0, Pair::YX, a_log.clone()),
-        f_aa: op.softmin(eps0, Pair::XX, a_log.clone()),
-        g_bb: op.softmin(eps0, Pair::YY, b_log.clone()),
+        f_ba: op.softmin(eps0, Pair::XY, &b_log, None),
+        g_ab: op.softmin(eps0, Pair::YX, &a_log, None),
+        f_aa: op.softmin(eps0, Pair::XX, &a_log, None),
+        g_bb: op.softmin(eps0, Pair::YY, &b_log, None),
     };
 
     let mut n_iters = 0;
@@ -273,97 +387,89 @@ pub(crate) fn solve_with(
     // potentials keep the averaged symmetric step. The cross potentials start with plain
     // alternating steps `f <- T(g)`, `g <- T(f)`; when those are slow, averaged steps are
     // measured too, and the faster scheme is kept, alternating steps being over-relaxed:
-    // `f <- (1 - w) f + w T(g)` with the optimal `w = 2 / (1 + sqrt(1 - rate))` (over-relaxed Sinkhorn, Thibault et al. 2017; OTT-JAX
-    // `Momentum`), turning a rate `1 - delta` into about `1 - 2 sqrt(delta)`. Averaged steps
-    // damp the oscillating mode of near-symmetric problems (identical clouds), over-relaxed
-    // alternating steps the slow monotone mode of the others. All share the fixed point.
-    // The self potentials stop being updated once their error is far below the tolerance.
+    // `f <- (1 - w) f + w T(g)` with the optimal `w = 2 / (1 + sqrt(1 - rate))` (over-relaxed
+    // Sinkhorn, Thibault et al. 2017; OTT-JAX `Momentum`), turning a rate `1 - delta` into
+    // about `1 - 2 sqrt(delta)`. Averaged steps damp the oscillating mode of near-symmetric
+    // problems (identical clouds), over-relaxed alternating steps the slow monotone mode of
+    // the others. All share the fixed point. The self potentials stop being updated once
+    // their error is far below the tolerance.
     let eps = *last_eps;
     op.prepare(eps);
+    let op = &*op;
     let check_every = config.check_every.max(1);
     let max_iters = config.max_iters.max(1);
-    let inv = 1.0 / eps;
     let mut marginal_error = f64::INFINITY;
     let mut converged = false;
     let mut momentum = Momentum::new(check_every);
     // The cross softmins `T(g)` on the points of alpha and `T(f)` on those of beta.
-    let t_xy = |g: &Tensor<1>| op.softmin(eps, Pair::XY, b_log.clone() + g.clone().mul_scalar(inv));
-    let t_yx = |f: &Tensor<1>| op.softmin(eps, Pair::YX, a_log.clone() + f.clone().mul_scalar(inv));
+    let t_xy = |g: &O::Vector| op.softmin(eps, Pair::XY, &b_log, Some(g));
+    let t_yx = |f: &O::Vector| op.softmin(eps, Pair::YX, &a_log, Some(f));
     // The self errors once the self potentials are frozen (see SELF_FREEZE).
     let mut frozen_self: Option<[f64; 2]> = None;
     for it in 1..=max_iters {
         // The symmetric updates of the self potentials, until they are frozen.
         let fresh = frozen_self.is_none().then(|| {
-            let f_aa = op.softmin(
-                eps,
-                Pair::XX,
-                a_log.clone() + p.f_aa.clone().mul_scalar(inv),
-            );
-            let g_bb = op.softmin(
-                eps,
-                Pair::YY,
-                b_log.clone() + p.g_bb.clone().mul_scalar(inv),
-            );
-            (f_aa, g_bb)
+            (
+                op.softmin(eps, Pair::XX, &a_log, Some(&p.f_aa)),
+                op.softmin(eps, Pair::YY, &b_log, Some(&p.g_bb)),
+            )
         });
         let (f_ba, g_ab) = match (&fresh, momentum.step) {
             (Some((f_aa, _)), _) if same => {
-                let f = (p.f_aa.clone() + f_aa.clone()).mul_scalar(0.5);
+                let f = op.relax(&p.f_aa, f_aa.clone(), 0.5);
                 (f.clone(), f)
             }
             (_, CrossStep::Averaged) => (
-                relax(&p.f_ba, t_xy(&p.g_ab), 0.5),
-                relax(&p.g_ab, t_yx(&p.f_ba), 0.5),
+                op.relax(&p.f_ba, t_xy(&p.g_ab), 0.5),
+                op.relax(&p.g_ab, t_yx(&p.f_ba), 0.5),
             ),
             (_, CrossStep::Alternating(w)) => {
-                let f_ba = relax(&p.f_ba, t_xy(&p.g_ab), w);
-                let g_ab = relax(&p.g_ab, t_yx(&f_ba), w);
+                let f_ba = op.relax(&p.f_ba, t_xy(&p.g_ab), w);
+                let g_ab = op.relax(&p.g_ab, t_yx(&f_ba), w);
                 (f_ba, g_ab)
             }
         };
         n_iters += 1;
         let check = it % check_every == 0 || it == max_iters;
-        let (old_f_aa, old_g_bb) = (p.f_aa.clone(), p.g_bb.clone());
-        let (f_aa, g_bb) = match &fresh {
-            Some((f_aa, g_bb)) => (
-                (p.f_aa + f_aa.clone()).mul_scalar(0.5),
-                (p.g_bb + g_bb.clone()).mul_scalar(0.5),
-            ),
-            None => (p.f_aa, p.g_bb),
-        };
+        let old = p;
         p = Potentials {
             f_ba,
             g_ab,
-            f_aa,
-            g_bb,
+            f_aa: match &fresh {
+                Some((f_aa, _)) => op.relax(&old.f_aa, f_aa.clone(), 0.5),
+                None => old.f_aa.clone(),
+            },
+            g_bb: match &fresh {
+                Some((_, g_bb)) => op.relax(&old.g_bb, g_bb.clone(), 0.5),
+                None => old.g_bb.clone(),
+            },
         };
         if check {
             // Both marginals of the cross plan defined by (f_ba, g_ab), and those of the self
             // plans (symmetric: twice one marginal) of the potentials before this step. For one
             // measure the cross plan is the self plan (its cost matrix only differs by the
             // rounding of another centring): its error is the self error.
-            let self_errors = fresh.map(|(f_aa, g_bb)| {
-                (
-                    marginal_l1(eps, &a, &old_f_aa, &f_aa).mul_scalar(2.0),
-                    marginal_l1(eps, &b, &old_g_bb, &g_bb).mul_scalar(2.0),
-                )
-            });
-            let cross = match &self_errors {
-                Some((self_a, _)) if same => self_a.clone(),
-                _ => {
-                    marginal_l1(eps, &a, &p.f_ba, &t_xy(&p.g_ab))
-                        + marginal_l1(eps, &b, &p.g_ab, &t_yx(&p.f_ba))
-                }
+            let cross_updates = (!same || fresh.is_none()).then(|| (t_xy(&p.g_ab), t_yx(&p.f_ba)));
+            let mut terms: Vec<MarginalTerm<'_, O::Vector>> = Vec::with_capacity(4);
+            if let Some((f_new, g_new)) = &cross_updates {
+                terms.push((a, &p.f_ba, f_new));
+                terms.push((b, &p.g_ab, g_new));
+            }
+            if let Some((f_aa, g_bb)) = &fresh {
+                terms.push((a, &old.f_aa, f_aa));
+                terms.push((b, &old.g_bb, g_bb));
+            }
+            let values = op.marginal_errors(eps, &terms);
+            let (cross, self_errors) = match (cross_updates.is_some(), fresh.is_some()) {
+                (true, true) => (values[0] + values[1], [2.0 * values[2], 2.0 * values[3]]),
+                (false, true) => (2.0 * values[0], [2.0 * values[0], 2.0 * values[1]]),
+                (true, false) => (
+                    values[0] + values[1],
+                    frozen_self.expect("self potentials frozen"),
+                ),
+                (false, false) => unreachable!("one measure keeps its self updates"),
             };
-            let errors = match (self_errors, frozen_self) {
-                (Some((self_a, self_b)), _) => {
-                    host_values(Tensor::cat(vec![cross, self_a, self_b], 0))
-                }
-                (None, frozen) => {
-                    let [self_a, self_b] = frozen.expect("self potentials frozen");
-                    vec![host_values(cross)[0], self_a, self_b]
-                }
-            };
+            let errors = [cross, self_errors[0], self_errors[1]];
             marginal_error = errors.iter().fold(
                 0.0,
                 |m: f64, v| if v.is_nan() { f64::NAN } else { m.max(*v) },
@@ -397,30 +503,21 @@ const SELF_FREEZE: f64 = 1e-2;
 
 /// One symmetric step: the softmin updates of all four potentials from the current ones,
 /// averaged with the current values.
-fn averaged_update(
+fn averaged_update<O: SolverOps>(
     eps: f64,
-    op: &dyn SoftminOp,
-    p: &Potentials,
-    a_log: &Tensor<1>,
-    b_log: &Tensor<1>,
-) -> Potentials {
-    let inv = 1.0 / eps;
-    let h = |log_w: &Tensor<1>, pot: &Tensor<1>| log_w.clone() + pot.clone().mul_scalar(inv);
-    let avg = |old: &Tensor<1>, new: Tensor<1>| (old.clone() + new).mul_scalar(0.5);
+    op: &O,
+    p: &Potentials<O::Vector>,
+    a_log: &O::Vector,
+    b_log: &O::Vector,
+) -> Potentials<O::Vector> {
+    let step = |pair, log_w, old: &O::Vector, partner: &O::Vector| {
+        op.relax(old, op.softmin(eps, pair, log_w, Some(partner)), 0.5)
+    };
     Potentials {
-        f_ba: avg(&p.f_ba, op.softmin(eps, Pair::XY, h(b_log, &p.g_ab))),
-        g_ab: avg(&p.g_ab, op.softmin(eps, Pair::YX, h(a_log, &p.f_ba))),
-        f_aa: avg(&p.f_aa, op.softmin(eps, Pair::XX, h(a_log, &p.f_aa))),
-        g_bb: avg(&p.g_bb, op.softmin(eps, Pair::YY, h(b_log, &p.g_bb))),
-    }
-}
-
-/// `(1 - w) old + w new`: plain update for `w = 1`, over-relaxed for `1 < w < 2`.
-fn relax(old: &Tensor<1>, new: Tensor<1>, w: f64) -> Tensor<1> {
-    if w == 1.0 {
-        new
-    } else {
-        old.clone().mul_scalar(1.0 - w) + new.mul_scalar(w)
+        f_ba: step(Pair::XY, b_log, &p.f_ba, &p.g_ab),
+        g_ab: step(Pair::YX, a_log, &p.g_ab, &p.f_ba),
+        f_aa: step(Pair::XX, a_log, &p.f_aa, &p.f_aa),
+        g_bb: step(Pair::YY, b_log, &p.g_bb, &p.g_bb),
     }
 }
 
@@ -575,10 +672,9 @@ pub fn sinkhorn_divergence(
 }
 
 #[cfg(test)]
-#[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::Device;
+    use burn::tensor::{Device, TensorData};
 
     #[test]
     fn schedule_descends_geometrically_to_the_target() {
@@ -622,6 +718,57 @@ mod tests {
             .try_to_vec_as::<f32>()
             .unwrap();
         assert!((got[0] - 1.0).abs() < 1e-5, "{}", got[0]);
+    }
+
+    #[test]
+    fn host_loop_matches_the_tensor_op_loop() {
+        // The same problem through both implementations of the loop's operations, in float64
+        // to a tight tolerance: the potentials agree to far below the tolerance's scale.
+        let device = Device::flex();
+        let options = (&device, DType::F64);
+        let cloud = |n: usize, d: usize, seed: u64, shift: f64| {
+            let values: Vec<f64> = (0..n * d)
+                .map(|k| {
+                    let t = (k as u64 * 2_654_435_761 + seed) % 10_007;
+                    t as f64 / 10_007.0 * 2.0 - 1.0 + shift
+                })
+                .collect();
+            Tensor::<2>::from_data(TensorData::new(values, [n, d]), options)
+        };
+        let (x, y) = (cloud(40, 5, 11, 0.0), cloud(30, 5, 29, 0.4));
+        let weights = |n: usize| {
+            let w: Vec<f64> = (0..n).map(|i| 1.0 + (i % 3) as f64).collect();
+            let total: f64 = w.iter().sum();
+            let w: Vec<f64> = w.iter().map(|v| v / total).collect();
+            Tensor::<1>::from_data(TensorData::new(w, [n]), options)
+        };
+        let (a, b) = (weights(40), weights(30));
+        let config = SinkhornConfig {
+            eps: 0.05,
+            tolerance: 1e-10,
+            max_iters: 5_000,
+            ..SinkhornConfig::default()
+        };
+        let diameter = box_diameter(&x, &y);
+        let mut tensor_op = TensorSoftmin {
+            costs: Costs::new(&x, &y),
+            scaled: None,
+        };
+        let by_tensors = solve_with(&mut tensor_op, diameter, &a, &b, false, &config);
+        let on_host = solve_potentials(&x, &y, &a, &b, &config);
+        assert!(by_tensors.converged && on_host.converged);
+        let values = |t: Tensor<1>| host_values(t);
+        let pairs = [
+            (by_tensors.potentials.f_ba, on_host.potentials.f_ba),
+            (by_tensors.potentials.g_ab, on_host.potentials.g_ab),
+            (by_tensors.potentials.f_aa, on_host.potentials.f_aa),
+            (by_tensors.potentials.g_bb, on_host.potentials.g_bb),
+        ];
+        for (k, (t, h)) in pairs.into_iter().enumerate() {
+            for (u, v) in values(t).into_iter().zip(values(h)) {
+                assert!((u - v).abs() < 1e-9, "potential {k}: {u} vs {v}");
+            }
+        }
     }
 
     #[test]

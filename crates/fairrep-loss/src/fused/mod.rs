@@ -60,7 +60,8 @@ fn is_wgpu(device: &Device) -> bool {
 
 /// The smallest `n * m` for which the divergences on `device` take the fused path:
 /// [`FUSED_MIN_PAIRS_GPU`] on a wgpu device backed by a card, [`FUSED_MIN_PAIRS_SOFTWARE`] on
-/// a software Vulkan; `None` off wgpu (the CPU devices always run the tensor ops).
+/// a software Vulkan; `None` off wgpu (the CPU devices run the Sinkhorn loop in host memory,
+/// [`crate::sinkhorn::solve_potentials`], and the MMD on tensor ops).
 pub fn fused_min_pairs(device: &Device) -> Option<usize> {
     if !is_wgpu(device) {
         return None;
@@ -203,9 +204,10 @@ pub fn solve_potentials_fused(
     config: &SinkhornConfig,
 ) -> SolveOutput {
     let (x, y) = (x.clone().inner(), y.clone().inner());
+    let (a, b) = (a.clone().inner(), b.clone().inner());
     let diameter = box_diameter(&x, &y);
-    let same = same_measure(&x, &y, a, b);
-    solve_with(&mut FusedSoftmin { x, y }, diameter, a, b, same, config)
+    let same = same_measure(&x, &y, &a, &b);
+    solve_with(&mut FusedSoftmin { x, y }, diameter, &a, &b, same, config)
 }
 
 /// [`crate::sinkhorn_divergence`] through the fused softmin: the loop on detached tensors,

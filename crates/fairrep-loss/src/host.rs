@@ -1,0 +1,592 @@
+//! The Sinkhorn solver loop in host memory, for the CPU devices (Flex, NdArray).
+//!
+//! On the CPU a tensor-op softmin makes six passes over the `n x m` cost matrix (add, max,
+//! subtract, exp, sum, log), each allocating its output, and every small vector update is one
+//! more dispatched op. Here the cost matrices are read once into plain vectors and each row's
+//! log-sum-exp is two passes over that row while it sits in the L1 cache: a maximum, then a
+//! sum of exponentials, both over eight independent lanes so that the compiler vectorises them
+//! (float addition is not reassociated for it otherwise). The exponential of the float32 path
+//! is a branch-free polynomial ([`HostFloat::exp_nonpositive`]), rows are split across threads,
+//! and the potentials stay host vectors until the loop ends. The loop itself is the shared one
+//! ([`crate::sinkhorn::solve_with`]).
+use burn::backend::DispatchDevice;
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use rayon::prelude::*;
+
+use crate::cost::LOG_ZERO;
+use crate::sinkhorn::{Pair, SolverOps};
+
+/// Whether the Sinkhorn loop for tensors on `device` runs in host memory: the CPU devices,
+/// whose tensors already live there.
+pub(crate) fn runs_on_host(device: &Device) -> bool {
+    matches!(
+        device.clone().inner().as_dispatch(),
+        DispatchDevice::Flex(_) | DispatchDevice::NdArray(_)
+    )
+}
+
+/// The float types of the host loop: `f32` and `f64`.
+pub(crate) trait HostFloat:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + burn::tensor::Element
+    + 'static
+{
+    const ZERO: Self;
+    const NEG_INFINITY: Self;
+    fn of(v: f64) -> Self;
+    fn get(self) -> f64;
+    fn ln(self) -> Self;
+    /// `exp(x)` for `x <= 0`, as accurate as the type's own rounding allows.
+    fn exp_nonpositive(self) -> Self;
+}
+
+impl HostFloat for f32 {
+    const ZERO: Self = 0.0;
+    const NEG_INFINITY: Self = f32::NEG_INFINITY;
+
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+
+    fn get(self) -> f64 {
+        self as f64
+    }
+
+    fn ln(self) -> Self {
+        f32::ln(self)
+    }
+
+    /// Branch-free so that loops over it vectorise: `x = k ln 2 + r` with `k` an integer and
+    /// `|r| <= ln 2 / 2` (Cody-Waite: `ln 2` split in a short high part, exact in the product
+    /// `k ln2_hi`, and a low correction), `exp(r)` from its Taylor polynomial of degree 7
+    /// (truncation below `6e-9` relative on that interval, under float32 rounding), and `2^k`
+    /// written straight into the exponent bits. Below `-87` (where `2^k` would leave the normal
+    /// range) the result is 0; the terms of a log-sum-exp there are below `1e-37` of its
+    /// largest one.
+    #[inline(always)]
+    fn exp_nonpositive(self) -> Self {
+        const LOG2_E: f32 = std::f32::consts::LOG2_E;
+        const LN2_HI: f32 = 0.693_359_4;
+        const LN2_LO: f32 = -2.121_944_4e-4;
+        // Adding 1.5 * 2^23 rounds to the nearest integer k, left in the low mantissa bits.
+        const ROUND: f32 = 12_582_912.0;
+        const LOWEST: f32 = -87.0;
+        // Comparisons and bit operations only (no float-to-int cast, whose saturation
+        // semantics keep the compiler from vectorising).
+        let x = if self > LOWEST { self } else { LOWEST };
+        let t = x * LOG2_E + ROUND;
+        let k = t - ROUND;
+        let r = (x - k * LN2_HI) - k * LN2_LO;
+        let p = 1.0
+            + r * (1.0
+                + r * (0.5
+                    + r * (1.0 / 6.0
+                        + r * (1.0 / 24.0
+                            + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+        let k_bits = t.to_bits().wrapping_sub(ROUND.to_bits());
+        let scale = f32::from_bits(k_bits.wrapping_add(127) << 23);
+        if self >= LOWEST { p * scale } else { 0.0 }
+    }
+}
+
+impl HostFloat for f64 {
+    const ZERO: Self = 0.0;
+    const NEG_INFINITY: Self = f64::NEG_INFINITY;
+
+    fn of(v: f64) -> Self {
+        v
+    }
+
+    fn get(self) -> f64 {
+        self
+    }
+
+    fn ln(self) -> Self {
+        f64::ln(self)
+    }
+
+    /// The standard library's `exp`: float64 runs are for accuracy, not speed.
+    #[inline(always)]
+    fn exp_nonpositive(self) -> Self {
+        self.exp()
+    }
+}
+
+/// Lanes of the row reductions: independent accumulators the compiler maps onto SIMD registers.
+const LANES: usize = 8;
+
+/// The largest value of a row, over [`LANES`] independent accumulators.
+#[inline(always)]
+fn max_of<F: HostFloat>(z: &[F]) -> F {
+    let mut acc = [F::NEG_INFINITY; LANES];
+    let mut chunks = z.chunks_exact(LANES);
+    for c in &mut chunks {
+        for k in 0..LANES {
+            acc[k] = if c[k] > acc[k] { c[k] } else { acc[k] };
+        }
+    }
+    for (k, &v) in chunks.remainder().iter().enumerate() {
+        acc[k] = if v > acc[k] { v } else { acc[k] };
+    }
+    acc.into_iter()
+        .fold(F::NEG_INFINITY, |m, v| if v > m { v } else { m })
+}
+
+/// The sum of a row, over [`LANES`] independent accumulators.
+#[inline(always)]
+fn sum_of<F: HostFloat>(z: &[F]) -> F {
+    let mut acc = [F::ZERO; LANES];
+    let mut chunks = z.chunks_exact(LANES);
+    for c in &mut chunks {
+        for k in 0..LANES {
+            acc[k] = acc[k] + c[k];
+        }
+    }
+    for (k, &v) in chunks.remainder().iter().enumerate() {
+        acc[k] = acc[k] + v;
+    }
+    acc.into_iter().fold(F::ZERO, |s, v| s + v)
+}
+
+/// `-eps LSE_j(h_j - c_j / eps)` for one row `c`, with `z` a scratch row: simple elementwise
+/// loops (which the compiler vectorises) and two lane-parallel reductions, all in the cache.
+#[inline(always)]
+fn row_softmin<F: HostFloat>(c: &[F], h: &[F], inv: F, neg_eps: F, z: &mut [F]) -> F {
+    for ((z, &c), &h) in z.iter_mut().zip(c).zip(h) {
+        *z = h - c * inv;
+    }
+    let max = max_of(z);
+    for z in z.iter_mut() {
+        *z = (*z - max).exp_nonpositive();
+    }
+    neg_eps * (max + sum_of(z).ln())
+}
+
+/// `softmin_eps(C, h)_i = -eps (max_i + ln sum_j exp(h_j - C_ij / eps - max_i))` for every row
+/// of the row-major `C` (`rows x h.len()`), rows split across threads.
+pub(crate) fn softmin_rows<F: HostFloat>(eps: f64, cost: &[F], h: &[F]) -> Vec<F> {
+    let cols = h.len();
+    let rows = cost.len().checked_div(cols).unwrap_or(0);
+    let mut out = vec![F::ZERO; rows];
+    if cols == 0 {
+        return out;
+    }
+    let inv = F::of(1.0 / eps);
+    let neg_eps = F::of(-eps);
+    let arch = pulp::Arch::new();
+    // Tasks of at least ~32k entries: below that, splitting costs more than it saves.
+    let rows_per_task = (32_768 / cols).max(1);
+    out.par_chunks_mut(rows_per_task)
+        .zip(cost.par_chunks(rows_per_task * cols))
+        .for_each(|(out, cost)| {
+            arch.dispatch(RowBlock {
+                cost,
+                h,
+                out,
+                inv,
+                neg_eps,
+            })
+        });
+    out
+}
+
+/// The softmins of a block of rows, compiled for the instruction set `pulp` dispatches to
+/// (AVX2 + FMA or AVX-512 where the CPU has them, the baseline otherwise): everything it calls
+/// is inlined into that instantiation.
+struct RowBlock<'a, F> {
+    cost: &'a [F],
+    h: &'a [F],
+    out: &'a mut [F],
+    inv: F,
+    neg_eps: F,
+}
+
+impl<F: HostFloat> pulp::WithSimd for RowBlock<'_, F> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let cols = self.h.len();
+        let mut z = vec![F::ZERO; cols];
+        for (o, c) in self.out.iter_mut().zip(self.cost.chunks_exact(cols)) {
+            *o = row_softmin(c, self.h, self.inv, self.neg_eps, &mut z);
+        }
+    }
+}
+
+/// The four half squared-distance matrices (row-major) and the solver operations on host
+/// vectors.
+pub(crate) struct HostSoftmin<F> {
+    xy: Vec<F>,
+    yx: Vec<F>,
+    xx: Vec<F>,
+    yy: Vec<F>,
+}
+
+impl<F: HostFloat> HostSoftmin<F> {
+    /// Reads the cost matrices `C(x, y)`, `C(y, x)`, `C(x, x)`, `C(y, y)` (shapes `[n, m]`,
+    /// `[m, n]`, `[n, n]`, `[m, m]`, computed on the device) into host memory.
+    pub(crate) fn new(xy: Tensor<2>, xx: Tensor<2>, yy: Tensor<2>) -> Self {
+        Self {
+            yx: host_vec(xy.clone().transpose()),
+            xy: host_vec(xy),
+            xx: host_vec(xx),
+            yy: host_vec(yy),
+        }
+    }
+}
+
+/// The values of a tensor in row-major order, as `F`.
+pub(crate) fn host_vec<F: HostFloat, const D: usize>(t: Tensor<D>) -> Vec<F> {
+    t.into_data()
+        .convert::<F>()
+        .try_into_vec::<F>()
+        .expect("converted to the host float type")
+}
+
+/// A host vector as a 1-d tensor of `dtype` on `device`.
+pub(crate) fn to_tensor<F: HostFloat>(v: Vec<F>, device: &Device, dtype: DType) -> Tensor<1> {
+    let len = v.len();
+    Tensor::from_data(TensorData::new(v, [len]), (device, dtype))
+}
+
+impl<F: HostFloat> SolverOps for HostSoftmin<F> {
+    type Vector = Vec<F>;
+
+    fn prepare(&mut self, _eps: f64) {}
+
+    fn softmin(&self, eps: f64, pair: Pair, log_w: &Vec<F>, pot: Option<&Vec<F>>) -> Vec<F> {
+        let cost = match pair {
+            Pair::XY => &self.xy,
+            Pair::YX => &self.yx,
+            Pair::XX => &self.xx,
+            Pair::YY => &self.yy,
+        };
+        let h = match pot {
+            Some(pot) => {
+                let inv = F::of(1.0 / eps);
+                log_w.iter().zip(pot).map(|(&l, &p)| l + p * inv).collect()
+            }
+            None => log_w.clone(),
+        };
+        softmin_rows(eps, cost, &h)
+    }
+
+    fn relax(&self, old: &Vec<F>, new: Vec<F>, w: f64) -> Vec<F> {
+        if w == 1.0 {
+            return new;
+        }
+        let (keep, take) = (F::of(1.0 - w), F::of(w));
+        old.iter()
+            .zip(new)
+            .map(|(&o, n)| o * keep + n * take)
+            .collect()
+    }
+
+    fn log_weights(&self, w: &Vec<F>) -> Vec<F> {
+        let log_zero = F::of(LOG_ZERO);
+        w.iter()
+            .map(|&v| if v > F::ZERO { v.ln() } else { log_zero })
+            .collect()
+    }
+
+    fn marginal_errors(&self, eps: f64, terms: &[(&Vec<F>, &Vec<F>, &Vec<F>)]) -> Vec<f64> {
+        let inv = 1.0 / eps;
+        terms
+            .iter()
+            .map(|(w, old, new)| {
+                w.iter()
+                    .zip(old.iter().zip(new.iter()))
+                    .map(|(w, (o, n))| w.get() * (((o.get() - n.get()) * inv).exp() - 1.0).abs())
+                    .sum()
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gaussian MMD
+
+/// One kernel block `K(P, Q)` between two clouds with weights `u`, `v`: the quadratic form
+/// `T = u' K v` and the matrix `L_ij = mean_s exp(-|p_i - q_j|^2 / (2 s^2)) / s^2` whose
+/// products give the gradients (`dT/dp_i = -u_i sum_j v_j L_ij (p_i - q_j)`).
+struct KernelBlock<F> {
+    form: f64,
+    l: Vec<F>,
+}
+
+/// [`KernelBlock`] from the squared distances (row-major, `u.len() x v.len()`).
+fn kernel_block<F: HostFloat>(sq: &[F], u: &[F], v: &[F], bandwidths: &[f64]) -> KernelBlock<F> {
+    let cols = v.len();
+    let scales: Vec<(F, F)> = bandwidths
+        .iter()
+        .map(|s| {
+            (
+                F::of(-0.5 / (s * s)),
+                F::of(1.0 / (bandwidths.len() as f64 * s * s)),
+            )
+        })
+        .collect();
+    let norm = F::of(1.0 / bandwidths.len() as f64);
+    let mut l = vec![F::ZERO; sq.len()];
+    let arch = pulp::Arch::new();
+    let rows_per_task = (32_768 / cols.max(1)).max(1);
+    let form: f64 = l
+        .par_chunks_mut(rows_per_task * cols.max(1))
+        .zip(sq.par_chunks(rows_per_task * cols.max(1)))
+        .zip(u.par_chunks(rows_per_task))
+        .map(|((l, sq), u)| {
+            arch.dispatch(KernelRows {
+                sq,
+                u,
+                v,
+                l,
+                scales: &scales,
+                norm,
+            })
+        })
+        .sum();
+    KernelBlock { form, l }
+}
+
+/// The kernel rows of [`kernel_block`] for one task, vectorised like [`RowBlock`].
+struct KernelRows<'a, F> {
+    sq: &'a [F],
+    u: &'a [F],
+    v: &'a [F],
+    l: &'a mut [F],
+    scales: &'a [(F, F)],
+    norm: F,
+}
+
+impl<F: HostFloat> pulp::WithSimd for KernelRows<'_, F> {
+    type Output = f64;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> f64 {
+        let cols = self.v.len();
+        let mut k = vec![F::ZERO; cols];
+        let mut form = 0.0;
+        for ((sq, l), &u) in self
+            .sq
+            .chunks_exact(cols)
+            .zip(self.l.chunks_exact_mut(cols))
+            .zip(self.u)
+        {
+            k.fill(F::ZERO);
+            l.fill(F::ZERO);
+            for &(c, w) in self.scales {
+                for ((k, l), &d) in k.iter_mut().zip(l.iter_mut()).zip(sq) {
+                    let e = (d * c).exp_nonpositive();
+                    *k = *k + e;
+                    *l = *l + e * w;
+                }
+            }
+            for (k, &v) in k.iter_mut().zip(self.v) {
+                *k = *k * v;
+            }
+            form += u.get() * (sum_of(&k) * self.norm).get();
+        }
+        form
+    }
+}
+
+/// `sum_i u_i L_ij` over the rows (`by_rows = false`) or `sum_j L_ij v_j` (`true`).
+fn weighted_sums<F: HostFloat>(l: &[F], u: &[F], v: &[F], by_rows: bool) -> Vec<F> {
+    let cols = v.len();
+    if by_rows {
+        l.chunks_exact(cols.max(1))
+            .map(|row| row.iter().zip(v).fold(F::ZERO, |s, (&l, &v)| s + l * v))
+            .collect()
+    } else {
+        let mut out = vec![F::ZERO; cols];
+        for (row, &u) in l.chunks_exact(cols.max(1)).zip(u) {
+            for (o, &l) in out.iter_mut().zip(row) {
+                *o = *o + u * l;
+            }
+        }
+        out
+    }
+}
+
+/// `MMD2(alpha, beta)` (MATH.md) computed in host memory on a CPU device, with its gradient
+/// with respect to the points: the kernel matrices are evaluated in one vectorised pass each
+/// from the squared distances (computed on the device, with the centring of
+/// [`crate::cost::squared_distances`]), the gradient is assembled from two matrix products
+/// on the device, and the value is returned as `value + <x - x.detach(), grad_x> + <y -
+/// y.detach(), grad_y>`: equal to the value, with exactly that gradient under autodiff. The
+/// weights must carry no gradient.
+///
+/// # Shapes
+/// - `x`: `[n, d]`, `y`: `[m, d]`, `a`: `[n]`, `b`: `[m]`
+pub(crate) fn mmd2_on_host<F: HostFloat>(
+    x: &Tensor<2>,
+    y: &Tensor<2>,
+    a: &Tensor<1>,
+    b: &Tensor<1>,
+    bandwidths: &[f64],
+    unbiased: bool,
+) -> Tensor<1> {
+    let (xi, yi) = (x.clone().inner(), y.clone().inner());
+    let (device, dtype) = (xi.device(), xi.dtype());
+    let [n, _] = xi.dims();
+    let m = yi.dims()[0];
+    let pooled = Tensor::cat(vec![xi.clone(), yi.clone()], 0);
+    let sq = |p: &Tensor<2>, q: &Tensor<2>| {
+        host_vec::<F, 2>(crate::cost::squared_distances(
+            p.clone(),
+            q.clone(),
+            &pooled,
+        ))
+    };
+    let (kxx, kyy, kxy) = {
+        let (a_h, b_h) = (
+            host_vec::<F, 1>(a.clone().inner()),
+            host_vec::<F, 1>(b.clone().inner()),
+        );
+        (
+            kernel_block(&sq(&xi, &xi), &a_h, &a_h, bandwidths),
+            kernel_block(&sq(&yi, &yi), &b_h, &b_h, bandwidths),
+            kernel_block(&sq(&xi, &yi), &a_h, &b_h, bandwidths),
+        )
+    };
+    // Centred copies for the gradient's products (far from the origin, `p_i r_i - (L q)_i`
+    // would cancel).
+    let centre = pooled.mean_dim(0);
+    let (xc, yc) = (xi - centre.clone(), yi - centre);
+    let (a_h, b_h) = (
+        host_vec::<F, 1>(a.clone().inner()),
+        host_vec::<F, 1>(b.clone().inner()),
+    );
+
+    // Unbiased self terms: (T - sum u_i^2) / (1 - sum u_i^2), zero where undefined (k_ii = 1).
+    let self_scale = |u: &[F]| {
+        let diag: f64 = u.iter().map(|v| v.get() * v.get()).sum();
+        match (unbiased, 1.0 - diag) {
+            (false, _) => (0.0, 1.0),
+            (true, denom) if denom > 0.0 => (diag, 1.0 / denom),
+            (true, _) => (0.0, 0.0),
+        }
+    };
+    let (diag_a, scale_a) = self_scale(&a_h);
+    let (diag_b, scale_b) = self_scale(&b_h);
+    let value = (kxx.form - diag_a) * scale_a + (kyy.form - diag_b) * scale_b - 2.0 * kxy.form;
+
+    let value_t =
+        Tensor::<1>::from_data(TensorData::new(vec![F::of(value)], [1]), (&device, dtype));
+    if !(x.is_tracked() || y.is_tracked()) {
+        return value_t;
+    }
+    // dT(P, Q)/dp_i = -u_i (p_i r_i - (L (v q))_i), r = L v; for the columns, with L'.
+    let matrix = |l: Vec<F>, rows: usize, cols: usize| {
+        Tensor::<2>::from_data(TensorData::new(l, [rows, cols]), (&device, dtype))
+    };
+    let column = |v: Vec<F>| to_tensor(v, &device, dtype).unsqueeze_dim::<2>(1);
+    let (a_t, b_t) = (column(a_h.clone()), column(b_h.clone()));
+    let row_grad = |l: Tensor<2>, r: Vec<F>, u: &Tensor<2>, p: &Tensor<2>, vq: Tensor<2>| {
+        (p.clone() * column(r) - l.matmul(vq)) * u.clone().neg()
+    };
+    // Self blocks count twice (both arguments are the same cloud).
+    let grad_x = {
+        let rxx = weighted_sums(&kxx.l, &a_h, &a_h, true);
+        let rxy = weighted_sums(&kxy.l, &a_h, &b_h, true);
+        let self_part = row_grad(
+            matrix(kxx.l.clone(), n, n),
+            rxx,
+            &a_t,
+            &xc,
+            xc.clone() * a_t.clone(),
+        );
+        let cross = row_grad(
+            matrix(kxy.l.clone(), n, m),
+            rxy,
+            &a_t,
+            &xc,
+            yc.clone() * b_t.clone(),
+        );
+        self_part.mul_scalar(2.0 * scale_a) - cross.mul_scalar(2.0)
+    };
+    let grad_y = {
+        let ryy = weighted_sums(&kyy.l, &b_h, &b_h, true);
+        let cyx = weighted_sums(&kxy.l, &a_h, &b_h, false);
+        let self_part = row_grad(
+            matrix(kyy.l, m, m),
+            ryy,
+            &b_t,
+            &yc,
+            yc.clone() * b_t.clone(),
+        );
+        let lt = matrix(kxy.l, n, m).transpose();
+        let cross = row_grad(lt, cyx, &b_t, &yc, xc.clone() * a_t.clone());
+        self_part.mul_scalar(2.0 * scale_b) - cross.mul_scalar(2.0)
+    };
+    let linear = |p: &Tensor<2>, g: Tensor<2>| (p.clone() - p.clone().detach()) * g;
+    let value_t = if x.is_tracked() {
+        value_t + linear(x, grad_x).sum()
+    } else {
+        value_t
+    };
+    if y.is_tracked() {
+        value_t + linear(y, grad_y).sum()
+    } else {
+        value_t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polynomial_exp_matches_the_standard_one() {
+        // Every float32 step from 0 down to -90 on a fine grid, plus the ends.
+        let mut worst = 0.0f64;
+        for i in 0..=900_000 {
+            let x = -(i as f32) * 1e-4;
+            let got = x.exp_nonpositive() as f64;
+            let want = (x as f64).exp();
+            if x >= -87.0 {
+                worst = worst.max((got - want).abs() / want);
+            } else {
+                assert!(got <= want.max(1e-37), "exp({x}) = {got}");
+            }
+        }
+        assert!(worst < 3.0e-7, "worst relative error {worst:e}");
+        assert_eq!(0.0f32.exp_nonpositive(), 1.0);
+        assert_eq!((-1.0e30f32).exp_nonpositive(), 0.0);
+        assert_eq!(f32::NEG_INFINITY.exp_nonpositive(), 0.0);
+    }
+
+    #[test]
+    fn row_softmin_matches_a_direct_log_sum_exp() {
+        // Rows of lengths around the lane count exercise the tails.
+        for cols in [1usize, 7, 8, 9, 33] {
+            let rows = 5;
+            let cost: Vec<f32> = (0..rows * cols)
+                .map(|k| ((k * 37 % 101) as f32) * 0.03)
+                .collect();
+            let h: Vec<f32> = (0..cols).map(|j| -((j % 5) as f32) * 0.2).collect();
+            let eps = 0.05;
+            let got = softmin_rows(eps, &cost, &h);
+            for i in 0..rows {
+                let z: Vec<f64> = (0..cols)
+                    .map(|j| h[j] as f64 - cost[i * cols + j] as f64 / eps)
+                    .collect();
+                let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let lse = max + z.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+                let want = -eps * lse;
+                assert!(
+                    (got[i] as f64 - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "cols {cols} row {i}: {} vs {want}",
+                    got[i]
+                );
+            }
+        }
+    }
+}
