@@ -154,10 +154,12 @@ fn sum_of<F: HostFloat>(z: &[F]) -> F {
     acc.into_iter().fold(F::ZERO, |s, v| s + v)
 }
 
-/// `-eps LSE_j(h_j - c_j / eps)` for one row `c`, with `z` a scratch row: simple elementwise
-/// loops (which the compiler vectorises) and two lane-parallel reductions, all in the cache.
+/// `(max, sum)` of one row `c` with `z` a scratch row: `max = max_j (h_j - c_j / eps)`, and
+/// `z_j = exp(h_j - c_j / eps - max)` summing to `sum`; the row's softmin is
+/// `-eps (max + ln sum)`. Simple elementwise loops (which the compiler vectorises) and two
+/// lane-parallel reductions, all in the cache.
 #[inline(always)]
-fn row_softmin<F: HostFloat>(c: &[F], h: &[F], inv: F, neg_eps: F, z: &mut [F]) -> F {
+fn row_exp_terms<F: HostFloat>(c: &[F], h: &[F], inv: F, z: &mut [F]) -> (F, F) {
     for ((z, &c), &h) in z.iter_mut().zip(c).zip(h) {
         *z = h - c * inv;
     }
@@ -165,44 +167,68 @@ fn row_softmin<F: HostFloat>(c: &[F], h: &[F], inv: F, neg_eps: F, z: &mut [F]) 
     for z in z.iter_mut() {
         *z = (*z - max).exp_nonpositive();
     }
-    neg_eps * (max + sum_of(z).ln())
+    (max, sum_of(z))
 }
 
 /// `softmin_eps(C, h)_i = -eps (max_i + ln sum_j exp(h_j - C_ij / eps - max_i))` for every row
 /// of the row-major `C` (`rows x h.len()`), rows split across threads.
 pub(crate) fn softmin_rows<F: HostFloat>(eps: f64, cost: &[F], h: &[F]) -> Vec<F> {
+    softmin_rows_with_plan(eps, cost, h, false).0
+}
+
+/// [`softmin_rows`], and with `plan` the row-normalised plan `P_ij = exp(h_j - C_ij / eps) /
+/// sum_j exp(...)` (row-major, the shape of `C`): the weights of the softmin's derivative,
+/// `d softmin_i / d C_ij = P_ij`.
+pub(crate) fn softmin_rows_with_plan<F: HostFloat>(
+    eps: f64,
+    cost: &[F],
+    h: &[F],
+    plan: bool,
+) -> (Vec<F>, Vec<F>) {
     let cols = h.len();
     let rows = cost.len().checked_div(cols).unwrap_or(0);
     let mut out = vec![F::ZERO; rows];
+    let mut plan = if plan {
+        vec![F::ZERO; cost.len()]
+    } else {
+        Vec::new()
+    };
     if cols == 0 {
-        return out;
+        return (out, plan);
     }
-    let inv = F::of(1.0 / eps);
-    let neg_eps = F::of(-eps);
+    let (inv, neg_eps) = (F::of(1.0 / eps), F::of(-eps));
     let arch = pulp::Arch::new();
     // Tasks of at least ~32k entries: below that, splitting costs more than it saves.
     let rows_per_task = (32_768 / cols).max(1);
-    out.par_chunks_mut(rows_per_task)
-        .zip(cost.par_chunks(rows_per_task * cols))
-        .for_each(|(out, cost)| {
-            arch.dispatch(RowBlock {
-                cost,
-                h,
-                out,
-                inv,
-                neg_eps,
-            })
-        });
-    out
+    let blocks = out
+        .par_chunks_mut(rows_per_task)
+        .zip(cost.par_chunks(rows_per_task * cols));
+    let block = |out, cost, plan| RowBlock {
+        cost,
+        h,
+        out,
+        plan,
+        inv,
+        neg_eps,
+    };
+    if plan.is_empty() {
+        blocks.for_each(|(out, cost)| arch.dispatch(block(out, cost, None)));
+    } else {
+        blocks
+            .zip(plan.par_chunks_mut(rows_per_task * cols))
+            .for_each(|((out, cost), plan)| arch.dispatch(block(out, cost, Some(plan))));
+    }
+    (out, plan)
 }
 
-/// The softmins of a block of rows, compiled for the instruction set `pulp` dispatches to
-/// (AVX2 + FMA or AVX-512 where the CPU has them, the baseline otherwise): everything it calls
-/// is inlined into that instantiation.
+/// The softmins of a block of rows (and their plan rows), compiled for the instruction set
+/// `pulp` dispatches to (AVX2 + FMA or AVX-512 where the CPU has them, the baseline
+/// otherwise): everything it calls is inlined into that instantiation.
 struct RowBlock<'a, F> {
     cost: &'a [F],
     h: &'a [F],
     out: &'a mut [F],
+    plan: Option<&'a mut [F]>,
     inv: F,
     neg_eps: F,
 }
@@ -213,9 +239,25 @@ impl<F: HostFloat> pulp::WithSimd for RowBlock<'_, F> {
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
         let cols = self.h.len();
-        let mut z = vec![F::ZERO; cols];
-        for (o, c) in self.out.iter_mut().zip(self.cost.chunks_exact(cols)) {
-            *o = row_softmin(c, self.h, self.inv, self.neg_eps, &mut z);
+        let rows = self.out.iter_mut().zip(self.cost.chunks_exact(cols));
+        match self.plan {
+            None => {
+                let mut z = vec![F::ZERO; cols];
+                for (o, c) in rows {
+                    let (max, sum) = row_exp_terms(c, self.h, self.inv, &mut z);
+                    *o = self.neg_eps * (max + sum.ln());
+                }
+            }
+            Some(plan) => {
+                for ((o, c), z) in rows.zip(plan.chunks_exact_mut(cols)) {
+                    let (max, sum) = row_exp_terms(c, self.h, self.inv, z);
+                    *o = self.neg_eps * (max + sum.ln());
+                    let scale = F::of(1.0 / sum.get());
+                    for z in z.iter_mut() {
+                        *z = *z * scale;
+                    }
+                }
+            }
         }
     }
 }
@@ -256,26 +298,46 @@ pub(crate) fn to_tensor<F: HostFloat>(v: Vec<F>, device: &Device, dtype: DType) 
     Tensor::from_data(TensorData::new(v, [len]), (device, dtype))
 }
 
+impl<F: HostFloat> HostSoftmin<F> {
+    fn cost(&self, pair: Pair) -> &[F] {
+        match pair {
+            Pair::XY => &self.xy,
+            Pair::YX => &self.yx,
+            Pair::XX => &self.xx,
+            Pair::YY => &self.yy,
+        }
+    }
+
+    /// `h = log_w + pot / eps`.
+    fn shifted(eps: f64, log_w: &[F], pot: &[F]) -> Vec<F> {
+        let inv = F::of(1.0 / eps);
+        log_w.iter().zip(pot).map(|(&l, &p)| l + p * inv).collect()
+    }
+
+    /// The softmin of `pair` from `pot` with its row-normalised plan (see
+    /// [`softmin_rows_with_plan`]).
+    pub(crate) fn softmin_with_plan(
+        &self,
+        eps: f64,
+        pair: Pair,
+        log_w: &[F],
+        pot: &[F],
+        plan: bool,
+    ) -> (Vec<F>, Vec<F>) {
+        softmin_rows_with_plan(eps, self.cost(pair), &Self::shifted(eps, log_w, pot), plan)
+    }
+}
+
 impl<F: HostFloat> SolverOps for HostSoftmin<F> {
     type Vector = Vec<F>;
 
     fn prepare(&mut self, _eps: f64) {}
 
     fn softmin(&self, eps: f64, pair: Pair, log_w: &Vec<F>, pot: Option<&Vec<F>>) -> Vec<F> {
-        let cost = match pair {
-            Pair::XY => &self.xy,
-            Pair::YX => &self.yx,
-            Pair::XX => &self.xx,
-            Pair::YY => &self.yy,
-        };
-        let h = match pot {
-            Some(pot) => {
-                let inv = F::of(1.0 / eps);
-                log_w.iter().zip(pot).map(|(&l, &p)| l + p * inv).collect()
-            }
-            None => log_w.clone(),
-        };
-        softmin_rows(eps, cost, &h)
+        match pot {
+            Some(pot) => softmin_rows(eps, self.cost(pair), &Self::shifted(eps, log_w, pot)),
+            None => softmin_rows(eps, self.cost(pair), log_w),
+        }
     }
 
     fn relax(&self, old: &Vec<F>, new: Vec<F>, w: f64) -> Vec<F> {
@@ -526,17 +588,19 @@ pub(crate) fn mmd2_on_host<F: HostFloat>(
         let cross = row_grad(lt, cyx, &b_t, &yc, xc.clone() * a_t.clone());
         self_part.mul_scalar(2.0 * scale_b) - cross.mul_scalar(2.0)
     };
-    let linear = |p: &Tensor<2>, g: Tensor<2>| (p.clone() - p.clone().detach()) * g;
-    let value_t = if x.is_tracked() {
-        value_t + linear(x, grad_x).sum()
-    } else {
-        value_t
-    };
-    if y.is_tracked() {
-        value_t + linear(y, grad_y).sum()
-    } else {
-        value_t
-    }
+    with_gradients(value_t, [(x, grad_x), (y, grad_y)])
+}
+
+/// `value + sum_k <p_k - p_k.detach(), g_k>` over the tracked points `p_k`: the same value,
+/// with gradient `g_k` with respect to `p_k` under autodiff (the host computations hand their
+/// analytic gradients to autodiff this way).
+pub(crate) fn with_gradients(value: Tensor<1>, parts: [(&Tensor<2>, Tensor<2>); 2]) -> Tensor<1> {
+    parts
+        .into_iter()
+        .filter(|(p, _)| p.is_tracked())
+        .fold(value, |v, (p, g)| {
+            v + ((p.clone() - p.clone().detach()) * g).sum()
+        })
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! and the output: the value as a difference of potentials with its envelope-theorem gradient,
 //! obtained from one differentiable softmin step taken from the converged, detached potentials
 //! ([`sinkhorn_divergence`]).
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::cost::{log_weights, squared_distances, uniform_weights};
 use crate::host::{HostFloat, HostSoftmin, host_vec, to_tensor};
@@ -633,6 +633,13 @@ pub fn sinkhorn_divergence(
     }
     let a = a.unwrap_or_else(|| uniform_weights(&x)).inner();
     let b = b.unwrap_or_else(|| uniform_weights(&y)).inner();
+    if crate::host::runs_on_host(&x.device()) {
+        match a.dtype() {
+            DType::F32 => return divergence_on_host::<f32>(&x, &y, &a, &b, config),
+            DType::F64 => return divergence_on_host::<f64>(&x, &y, &a, &b, config),
+            _ => {}
+        }
+    }
     let solved = solve_potentials(&x, &y, &a, &b, config);
     let p = solved.potentials;
     let eps = config.eps;
@@ -671,10 +678,94 @@ pub fn sinkhorn_divergence(
     }
 }
 
+/// [`sinkhorn_divergence`] on a CPU device, all in host memory: the loop of
+/// [`solve_potentials`], then the last softmin step from the converged potentials on the same
+/// cost matrices, the value as the difference of potentials, and the envelope gradient
+/// `dS/dx_i = a_i (xbar_i - ybar_i)` with `xbar = P_aa x`, `ybar = P_ab y` (the row-normalised
+/// plans of that step; the same for `y`), which is what autodiff through that step computes
+/// on the tensor path. The gradient is handed to autodiff by [`crate::host::with_gradients`].
+fn divergence_on_host<F: HostFloat>(
+    x: &Tensor<2>,
+    y: &Tensor<2>,
+    a: &Tensor<1>,
+    b: &Tensor<1>,
+    config: &SinkhornConfig,
+) -> SinkhornOutput {
+    let (xi, yi) = (x.clone().inner(), y.clone().inner());
+    let (device, dtype) = (xi.device(), xi.dtype());
+    let diameter = box_diameter(&xi, &yi);
+    let same = same_measure(&xi, &yi, a, b);
+    let costs = Costs::new(&xi, &yi);
+    let mut op = HostSoftmin::<F>::new(costs.xy, costs.xx, costs.yy);
+    let (a_h, b_h) = (host_vec::<F, 1>(a.clone()), host_vec::<F, 1>(b.clone()));
+    let solved = solve_with(&mut op, diameter, &a_h, &b_h, same, config);
+    let p = &solved.potentials;
+    let eps = config.eps;
+    let (a_log, b_log) = (op.log_weights(&a_h), op.log_weights(&b_h));
+    let (gx, gy) = (x.is_tracked(), y.is_tracked());
+    let (f_ba, p_ab) = op.softmin_with_plan(eps, Pair::XY, &b_log, &p.g_ab, gx);
+    let (f_aa, p_aa) = op.softmin_with_plan(eps, Pair::XX, &a_log, &p.f_aa, gx);
+    let (g_ab, p_ba) = op.softmin_with_plan(eps, Pair::YX, &a_log, &p.f_ba, gy);
+    let (g_bb, p_bb) = op.softmin_with_plan(eps, Pair::YY, &b_log, &p.g_bb, gy);
+    let dot = |w: &[F], u: &[F], v: &[F]| -> f64 {
+        w.iter()
+            .zip(u.iter().zip(v))
+            .map(|(w, (u, v))| w.get() * (u.get() - v.get()))
+            .sum()
+    };
+    let value = dot(&a_h, &f_ba, &f_aa) + dot(&b_h, &g_ab, &g_bb);
+    let value_t =
+        Tensor::<1>::from_data(TensorData::new(vec![F::of(value)], [1]), (&device, dtype));
+
+    // Gradients in centred coordinates (exact: rows of the plans sum to 1).
+    let pooled = Tensor::cat(vec![xi.clone(), yi.clone()], 0);
+    let centre = pooled.mean_dim(0);
+    let (xc, yc) = (xi - centre.clone(), yi - centre);
+    let (n, m) = (xc.dims()[0], yc.dims()[0]);
+    let matrix = |v: Vec<F>, rows: usize, cols: usize| {
+        Tensor::<2>::from_data(TensorData::new(v, [rows, cols]), (&device, dtype))
+    };
+    // a_i ((P_self own)_i - (P_cross other)_i)
+    let envelope = |w: &Tensor<1>,
+                    own: &Tensor<2>,
+                    other: &Tensor<2>,
+                    p_self: Vec<F>,
+                    p_cross: Vec<F>,
+                    rows: usize,
+                    cols: usize| {
+        let w = w.clone().unsqueeze_dim::<2>(1);
+        (matrix(p_self, rows, rows).matmul(own.clone())
+            - matrix(p_cross, rows, cols).matmul(other.clone()))
+            * w
+    };
+    let value = match (gx, gy) {
+        (false, false) => value_t,
+        _ => {
+            let grad_x = if gx {
+                envelope(a, &xc, &yc, p_aa, p_ab, n, m)
+            } else {
+                xc.zeros_like()
+            };
+            let grad_y = if gy {
+                envelope(b, &yc, &xc, p_bb, p_ba, m, n)
+            } else {
+                yc.zeros_like()
+            };
+            crate::host::with_gradients(value_t, [(x, grad_x), (y, grad_y)])
+        }
+    };
+    SinkhornOutput {
+        value,
+        n_iters: solved.n_iters,
+        marginal_error: solved.marginal_error,
+        converged: solved.converged,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::Device;
 
     #[test]
     fn schedule_descends_geometrically_to_the_target() {
