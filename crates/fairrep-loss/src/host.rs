@@ -1,4 +1,4 @@
-//! The Sinkhorn solver loop in host memory, for the CPU devices (Flex, NdArray).
+//! The divergences in host memory, for the CPU devices (Flex, NdArray).
 //!
 //! On the CPU a tensor-op softmin makes six passes over the `n x m` cost matrix (add, max,
 //! subtract, exp, sum, log), each allocating its output, and every small vector update is one
@@ -6,9 +6,13 @@
 //! log-sum-exp is two passes over that row while it sits in the L1 cache: a maximum, then a
 //! sum of exponentials, both over eight independent lanes so that the compiler vectorises them
 //! (float addition is not reassociated for it otherwise). The exponential of the float32 path
-//! is a branch-free polynomial ([`HostFloat::exp_nonpositive`]), rows are split across threads,
+//! is a branch-free polynomial ([`HostFloat::exp_nonpositive`]), row blocks are compiled for
+//! the CPU's vector instructions through `pulp`'s run-time dispatch and split across threads,
 //! and the potentials stay host vectors until the loop ends. The loop itself is the shared one
-//! ([`crate::sinkhorn::solve_with`]).
+//! ([`crate::sinkhorn::solve_with`]); the last softmin step keeps its row-normalised plans,
+//! from which the envelope gradient follows. The MMD's kernel blocks are computed the same way
+//! ([`mmd2_on_host`]). Both hand their analytic gradients to autodiff through
+//! [`with_gradients`].
 use burn::backend::DispatchDevice;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use rayon::prelude::*;
@@ -376,16 +380,25 @@ impl<F: HostFloat> SolverOps for HostSoftmin<F> {
 // Gaussian MMD
 
 /// One kernel block `K(P, Q)` between two clouds with weights `u`, `v`: the quadratic form
-/// `T = u' K v` and the matrix `L_ij = mean_s exp(-|p_i - q_j|^2 / (2 s^2)) / s^2` whose
-/// products give the gradients (`dT/dp_i = -u_i sum_j v_j L_ij (p_i - q_j)`).
+/// `T = u' K v` and, when kept for a gradient, the matrix `L_ij = mean_s exp(-|p_i - q_j|^2 /
+/// (2 s^2)) / s^2` and its row sums `r_i = sum_j L_ij v_j`, from which `dT/dp_i = -u_i (p_i r_i
+/// - (L (v q))_i)`.
 struct KernelBlock<F> {
     form: f64,
     l: Vec<F>,
+    r: Vec<F>,
 }
 
-/// [`KernelBlock`] from the squared distances (row-major, `u.len() x v.len()`).
-fn kernel_block<F: HostFloat>(sq: &[F], u: &[F], v: &[F], bandwidths: &[f64]) -> KernelBlock<F> {
-    let cols = v.len();
+/// [`KernelBlock`] from the squared distances (row-major, `u.len() x v.len()`); `keep`: also
+/// `L` and `r`.
+fn kernel_block<F: HostFloat>(
+    sq: &[F],
+    u: &[F],
+    v: &[F],
+    bandwidths: &[f64],
+    keep: bool,
+) -> KernelBlock<F> {
+    let cols = v.len().max(1);
     let scales: Vec<(F, F)> = bandwidths
         .iter()
         .map(|s| {
@@ -396,25 +409,34 @@ fn kernel_block<F: HostFloat>(sq: &[F], u: &[F], v: &[F], bandwidths: &[f64]) ->
         })
         .collect();
     let norm = F::of(1.0 / bandwidths.len() as f64);
-    let mut l = vec![F::ZERO; sq.len()];
+    let (mut l, mut r) = if keep {
+        (vec![F::ZERO; sq.len()], vec![F::ZERO; u.len()])
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let arch = pulp::Arch::new();
-    let rows_per_task = (32_768 / cols.max(1)).max(1);
-    let form: f64 = l
-        .par_chunks_mut(rows_per_task * cols.max(1))
-        .zip(sq.par_chunks(rows_per_task * cols.max(1)))
-        .zip(u.par_chunks(rows_per_task))
-        .map(|((l, sq), u)| {
-            arch.dispatch(KernelRows {
-                sq,
-                u,
-                v,
-                l,
-                scales: &scales,
-                norm,
-            })
-        })
-        .sum();
-    KernelBlock { form, l }
+    let rows_per_task = (32_768 / cols).max(1);
+    let blocks = sq
+        .par_chunks(rows_per_task * cols)
+        .zip(u.par_chunks(rows_per_task));
+    let rows = |sq, u, kept| KernelRows {
+        sq,
+        u,
+        v,
+        kept,
+        scales: &scales,
+        norm,
+    };
+    let form: f64 = if keep {
+        blocks
+            .zip(l.par_chunks_mut(rows_per_task * cols))
+            .zip(r.par_chunks_mut(rows_per_task))
+            .map(|(((sq, u), l), r)| arch.dispatch(rows(sq, u, Some((l, r)))))
+            .sum()
+    } else {
+        blocks.map(|(sq, u)| arch.dispatch(rows(sq, u, None))).sum()
+    };
+    KernelBlock { form, l, r }
 }
 
 /// The kernel rows of [`kernel_block`] for one task, vectorised like [`RowBlock`].
@@ -422,7 +444,8 @@ struct KernelRows<'a, F> {
     sq: &'a [F],
     u: &'a [F],
     v: &'a [F],
-    l: &'a mut [F],
+    /// The rows of `L` and of `r`, when kept.
+    kept: Option<(&'a mut [F], &'a mut [F])>,
     scales: &'a [(F, F)],
     norm: F,
 }
@@ -435,55 +458,63 @@ impl<F: HostFloat> pulp::WithSimd for KernelRows<'_, F> {
         let cols = self.v.len();
         let mut k = vec![F::ZERO; cols];
         let mut form = 0.0;
-        for ((sq, l), &u) in self
-            .sq
-            .chunks_exact(cols)
-            .zip(self.l.chunks_exact_mut(cols))
-            .zip(self.u)
-        {
-            k.fill(F::ZERO);
-            l.fill(F::ZERO);
-            for &(c, w) in self.scales {
-                for ((k, l), &d) in k.iter_mut().zip(l.iter_mut()).zip(sq) {
-                    let e = (d * c).exp_nonpositive();
-                    *k = *k + e;
-                    *l = *l + e * w;
-                }
-            }
+        // `k_j v_j` summed over j, with `k` the row of the kernel.
+        let weighted_sum = |k: &mut [F]| {
             for (k, &v) in k.iter_mut().zip(self.v) {
                 *k = *k * v;
             }
-            form += u.get() * (sum_of(&k) * self.norm).get();
+            sum_of(k)
+        };
+        let rows = self.sq.chunks_exact(cols).zip(self.u);
+        match self.kept {
+            None => {
+                for (sq, &u) in rows {
+                    k.fill(F::ZERO);
+                    for &(c, _) in self.scales {
+                        for (k, &d) in k.iter_mut().zip(sq) {
+                            *k = *k + (d * c).exp_nonpositive();
+                        }
+                    }
+                    form += u.get() * (weighted_sum(&mut k) * self.norm).get();
+                }
+            }
+            Some((l, r)) => {
+                for ((sq, &u), (l, r)) in rows.zip(l.chunks_exact_mut(cols).zip(r.iter_mut())) {
+                    k.fill(F::ZERO);
+                    for &(c, w) in self.scales {
+                        for ((k, l), &d) in k.iter_mut().zip(l.iter_mut()).zip(sq) {
+                            let e = (d * c).exp_nonpositive();
+                            *k = *k + e;
+                            *l = *l + e * w;
+                        }
+                    }
+                    form += u.get() * (weighted_sum(&mut k) * self.norm).get();
+                    k.copy_from_slice(l);
+                    *r = weighted_sum(&mut k);
+                }
+            }
         }
         form
     }
 }
 
-/// `sum_i u_i L_ij` over the rows (`by_rows = false`) or `sum_j L_ij v_j` (`true`).
-fn weighted_sums<F: HostFloat>(l: &[F], u: &[F], v: &[F], by_rows: bool) -> Vec<F> {
-    let cols = v.len();
-    if by_rows {
-        l.chunks_exact(cols.max(1))
-            .map(|row| row.iter().zip(v).fold(F::ZERO, |s, (&l, &v)| s + l * v))
-            .collect()
-    } else {
-        let mut out = vec![F::ZERO; cols];
-        for (row, &u) in l.chunks_exact(cols.max(1)).zip(u) {
-            for (o, &l) in out.iter_mut().zip(row) {
-                *o = *o + u * l;
-            }
+/// `sum_i u_i L_ij` for every column `j`.
+fn column_sums<F: HostFloat>(l: &[F], u: &[F], cols: usize) -> Vec<F> {
+    let mut out = vec![F::ZERO; cols];
+    for (row, &u) in l.chunks_exact(cols.max(1)).zip(u) {
+        for (o, &l) in out.iter_mut().zip(row) {
+            *o = *o + u * l;
         }
-        out
     }
+    out
 }
 
 /// `MMD2(alpha, beta)` (MATH.md) computed in host memory on a CPU device, with its gradient
-/// with respect to the points: the kernel matrices are evaluated in one vectorised pass each
-/// from the squared distances (computed on the device, with the centring of
-/// [`crate::cost::squared_distances`]), the gradient is assembled from two matrix products
-/// on the device, and the value is returned as `value + <x - x.detach(), grad_x> + <y -
-/// y.detach(), grad_y>`: equal to the value, with exactly that gradient under autodiff. The
-/// weights must carry no gradient.
+/// with respect to the points that carry one: the kernel matrices are evaluated in one
+/// vectorised pass each from the squared distances (computed on the device, with the centring
+/// of [`crate::cost::squared_distances`]), the gradient is assembled from two matrix products
+/// per cloud on the device, and handed to autodiff by [`with_gradients`]. The weights must
+/// carry no gradient.
 ///
 /// # Shapes
 /// - `x`: `[n, d]`, `y`: `[m, d]`, `a`: `[n]`, `b`: `[m]`
@@ -499,6 +530,7 @@ pub(crate) fn mmd2_on_host<F: HostFloat>(
     let (device, dtype) = (xi.device(), xi.dtype());
     let [n, _] = xi.dims();
     let m = yi.dims()[0];
+    let (gx, gy) = (x.is_tracked(), y.is_tracked());
     let pooled = Tensor::cat(vec![xi.clone(), yi.clone()], 0);
     let sq = |p: &Tensor<2>, q: &Tensor<2>| {
         host_vec::<F, 2>(crate::cost::squared_distances(
@@ -507,25 +539,13 @@ pub(crate) fn mmd2_on_host<F: HostFloat>(
             &pooled,
         ))
     };
-    let (kxx, kyy, kxy) = {
-        let (a_h, b_h) = (
-            host_vec::<F, 1>(a.clone().inner()),
-            host_vec::<F, 1>(b.clone().inner()),
-        );
-        (
-            kernel_block(&sq(&xi, &xi), &a_h, &a_h, bandwidths),
-            kernel_block(&sq(&yi, &yi), &b_h, &b_h, bandwidths),
-            kernel_block(&sq(&xi, &yi), &a_h, &b_h, bandwidths),
-        )
-    };
-    // Centred copies for the gradient's products (far from the origin, `p_i r_i - (L q)_i`
-    // would cancel).
-    let centre = pooled.mean_dim(0);
-    let (xc, yc) = (xi - centre.clone(), yi - centre);
     let (a_h, b_h) = (
         host_vec::<F, 1>(a.clone().inner()),
         host_vec::<F, 1>(b.clone().inner()),
     );
+    let kxx = kernel_block(&sq(&xi, &xi), &a_h, &a_h, bandwidths, gx);
+    let kyy = kernel_block(&sq(&yi, &yi), &b_h, &b_h, bandwidths, gy);
+    let kxy = kernel_block(&sq(&xi, &yi), &a_h, &b_h, bandwidths, gx || gy);
 
     // Unbiased self terms: (T - sum u_i^2) / (1 - sum u_i^2), zero where undefined (k_ii = 1).
     let self_scale = |u: &[F]| {
@@ -539,65 +559,69 @@ pub(crate) fn mmd2_on_host<F: HostFloat>(
     let (diag_a, scale_a) = self_scale(&a_h);
     let (diag_b, scale_b) = self_scale(&b_h);
     let value = (kxx.form - diag_a) * scale_a + (kyy.form - diag_b) * scale_b - 2.0 * kxy.form;
-
     let value_t =
         Tensor::<1>::from_data(TensorData::new(vec![F::of(value)], [1]), (&device, dtype));
-    if !(x.is_tracked() || y.is_tracked()) {
+    if !(gx || gy) {
         return value_t;
     }
-    // dT(P, Q)/dp_i = -u_i (p_i r_i - (L (v q))_i), r = L v; for the columns, with L'.
-    let matrix = |l: Vec<F>, rows: usize, cols: usize| {
-        Tensor::<2>::from_data(TensorData::new(l, [rows, cols]), (&device, dtype))
+
+    // Centred copies for the gradient's products (far from the origin, `p_i r_i - (L q)_i`
+    // would cancel).
+    let centre = pooled.mean_dim(0);
+    let (xc, yc) = (xi - centre.clone(), yi - centre);
+    let matrix = |l: &[F], rows: usize, cols: usize| {
+        Tensor::<2>::from_data(TensorData::new(l.to_vec(), [rows, cols]), (&device, dtype))
     };
-    let column = |v: Vec<F>| to_tensor(v, &device, dtype).unsqueeze_dim::<2>(1);
-    let (a_t, b_t) = (column(a_h.clone()), column(b_h.clone()));
-    let row_grad = |l: Tensor<2>, r: Vec<F>, u: &Tensor<2>, p: &Tensor<2>, vq: Tensor<2>| {
+    let column = |v: &[F]| to_tensor(v.to_vec(), &device, dtype).unsqueeze_dim::<2>(1);
+    let (a_t, b_t) = (column(&a_h), column(&b_h));
+    // dT(P, Q)/dp_i = -u_i (p_i r_i - (L (v q))_i).
+    let row_grad = |l: Tensor<2>, r: &[F], u: &Tensor<2>, p: &Tensor<2>, vq: Tensor<2>| {
         (p.clone() * column(r) - l.matmul(vq)) * u.clone().neg()
     };
     // Self blocks count twice (both arguments are the same cloud).
-    let grad_x = {
-        let rxx = weighted_sums(&kxx.l, &a_h, &a_h, true);
-        let rxy = weighted_sums(&kxy.l, &a_h, &b_h, true);
+    let grad_x = gx.then(|| {
         let self_part = row_grad(
-            matrix(kxx.l.clone(), n, n),
-            rxx,
+            matrix(&kxx.l, n, n),
+            &kxx.r,
             &a_t,
             &xc,
             xc.clone() * a_t.clone(),
         );
         let cross = row_grad(
-            matrix(kxy.l.clone(), n, m),
-            rxy,
+            matrix(&kxy.l, n, m),
+            &kxy.r,
             &a_t,
             &xc,
             yc.clone() * b_t.clone(),
         );
         self_part.mul_scalar(2.0 * scale_a) - cross.mul_scalar(2.0)
-    };
-    let grad_y = {
-        let ryy = weighted_sums(&kyy.l, &b_h, &b_h, true);
-        let cyx = weighted_sums(&kxy.l, &a_h, &b_h, false);
+    });
+    let grad_y = gy.then(|| {
         let self_part = row_grad(
-            matrix(kyy.l, m, m),
-            ryy,
+            matrix(&kyy.l, m, m),
+            &kyy.r,
             &b_t,
             &yc,
             yc.clone() * b_t.clone(),
         );
-        let lt = matrix(kxy.l, n, m).transpose();
-        let cross = row_grad(lt, cyx, &b_t, &yc, xc.clone() * a_t.clone());
+        let lt = matrix(&kxy.l, n, m).transpose();
+        let cyx = column_sums(&kxy.l, &a_h, m);
+        let cross = row_grad(lt, &cyx, &b_t, &yc, xc.clone() * a_t.clone());
         self_part.mul_scalar(2.0 * scale_b) - cross.mul_scalar(2.0)
-    };
+    });
     with_gradients(value_t, [(x, grad_x), (y, grad_y)])
 }
 
 /// `value + sum_k <p_k - p_k.detach(), g_k>` over the tracked points `p_k`: the same value,
 /// with gradient `g_k` with respect to `p_k` under autodiff (the host computations hand their
 /// analytic gradients to autodiff this way).
-pub(crate) fn with_gradients(value: Tensor<1>, parts: [(&Tensor<2>, Tensor<2>); 2]) -> Tensor<1> {
+pub(crate) fn with_gradients(
+    value: Tensor<1>,
+    parts: [(&Tensor<2>, Option<Tensor<2>>); 2],
+) -> Tensor<1> {
     parts
         .into_iter()
-        .filter(|(p, _)| p.is_tracked())
+        .filter_map(|(p, g)| Some((p, g?)).filter(|(p, _)| p.is_tracked()))
         .fold(value, |v, (p, g)| {
             v + ((p.clone() - p.clone().detach()) * g).sum()
         })

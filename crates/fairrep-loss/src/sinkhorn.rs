@@ -616,7 +616,9 @@ fn host_values(t: Tensor<1>) -> Vec<f64> {
 /// taken from the converged potentials, with the cost differentiable in one argument only
 /// (`C(x, y.detach())` for the potentials on `x`, and so on). Autodiff through that step gives
 /// the envelope-theorem gradient `dS/dx_i = a_i (xbar_i - ybar_i)` of MATH.md, and the value
-/// `S = <a, f_ba - f_aa> + <b, g_ab - g_bb>` is a difference of potentials.
+/// `S = <a, f_ba - f_aa> + <b, g_ab - g_bb>` is a difference of potentials. On the CPU devices
+/// the same step runs in host memory and its gradient is formed from the step's plans
+/// (`divergence_on_host`); on wgpu, large clouds take the fused kernels.
 ///
 /// # Shapes
 /// - `x`: `[n, d]`, `y`: `[m, d]`, `a`: `[n]`, `b`: `[m]` (uniform when `None`)
@@ -738,22 +740,9 @@ fn divergence_on_host<F: HostFloat>(
             - matrix(p_cross, rows, cols).matmul(other.clone()))
             * w
     };
-    let value = match (gx, gy) {
-        (false, false) => value_t,
-        _ => {
-            let grad_x = if gx {
-                envelope(a, &xc, &yc, p_aa, p_ab, n, m)
-            } else {
-                xc.zeros_like()
-            };
-            let grad_y = if gy {
-                envelope(b, &yc, &xc, p_bb, p_ba, m, n)
-            } else {
-                yc.zeros_like()
-            };
-            crate::host::with_gradients(value_t, [(x, grad_x), (y, grad_y)])
-        }
-    };
+    let grad_x = gx.then(|| envelope(a, &xc, &yc, p_aa, p_ab, n, m));
+    let grad_y = gy.then(|| envelope(b, &yc, &xc, p_bb, p_ba, m, n));
+    let value = crate::host::with_gradients(value_t, [(x, grad_x), (y, grad_y)]);
     SinkhornOutput {
         value,
         n_iters: solved.n_iters,

@@ -4,15 +4,17 @@
 //! ```text
 //! cargo run --release -p fairrep-train --example bench_divergences -- \
 //!     [--device flex|ndarray|wgpu] [--sizes 256,1024,4096] [--dims 16,64] [--eps 0.1] \
-//!     [--tolerance 1e-3] [--repeats 3] [--pot-max-n 1024] [--python .venv-fixtures/bin/python]
+//!     [--tolerance 1e-3] [--repeats 3] [--pot-max-n 1024] [--slow-max-n 1024] \
+//!     [--python .venv-fixtures/bin/python]
 //! ```
 //!
 //! For each (n = m, d) it draws standardised Gaussian clouds (the second one shifted), writes
 //! them as `.npy`, times our value + gradient (median of the repeats after a warm-up, reading
 //! the result back to the host so the device is synchronised) at `--tolerance`, then runs
 //! `scripts/bench_peers.py` on the same files: POT (float64, its tolerance 1e-5) up to
-//! `--pot-max-n` points, GeomLoss (float32, like us) at its default eps-scaling 0.9 and at a
-//! slow 0.99. Neither peer's accuracy is ours, so each peer row is compared with our run at
+//! `--pot-max-n` points, GeomLoss (float32, like us) at its default eps-scaling 0.9 and, up to
+//! `--slow-max-n` points, at a slow 0.99. The peers get as many threads as we use (all the
+//! cores). Neither peer's accuracy is ours, so each peer row is compared with our run at
 //! the tolerance equal to the marginal error that peer reached (`ours@err`, ours then checks
 //! all three plans, GeomLoss's error is its x-y plan's): `peer/ours` is the time ratio at equal
 //! or better accuracy. MMD has no tolerance: the ratio is against our one run. Without Python
@@ -33,6 +35,7 @@ struct Options {
     tolerance: f64,
     repeats: usize,
     pot_max_n: usize,
+    slow_max_n: usize,
     python: Option<String>,
 }
 
@@ -53,6 +56,7 @@ fn options() -> Options {
         tolerance: 1e-3,
         repeats: 3,
         pot_max_n: 1024,
+        slow_max_n: 1024,
         python: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -67,6 +71,7 @@ fn options() -> Options {
             "--tolerance" => o.tolerance = value.parse().expect("--tolerance"),
             "--repeats" => o.repeats = value.parse().expect("--repeats"),
             "--pot-max-n" => o.pot_max_n = value.parse().expect("--pot-max-n"),
+            "--slow-max-n" => o.slow_max_n = value.parse().expect("--slow-max-n"),
             "--python" => o.python = Some(value),
             other => panic!("unknown argument {other}"),
         }
@@ -158,6 +163,7 @@ fn peers(
             "--repeats",
             &repeats.to_string(),
         ])
+        .args(["--threads", &threads().to_string()])
         .args(extra)
         .output();
     match out {
@@ -180,6 +186,11 @@ fn peers(
             Vec::new()
         }
     }
+}
+
+/// The threads we compute with (rayon's pool: all the cores), given to the peers too.
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// One timing of ours: median seconds, value, marginal error, iterations, converged.
@@ -265,9 +276,14 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("fairrep-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     println!(
-        "device: {} ({:?}); eps = {}; our tolerance {:e} (float32); MMD bandwidth 1; \
-         times: median of {} runs of value + gradient, seconds",
-        o.device, device, o.eps, o.tolerance, o.repeats
+        "device: {} ({:?}); {} threads (peers too); eps = {}; our tolerance {:e} (float32); \
+         MMD bandwidth 1; times: median of {} runs of value + gradient, seconds",
+        o.device,
+        device,
+        threads(),
+        o.eps,
+        o.tolerance,
+        o.repeats
     );
     println!(
         "{:<9} {:>5} {:>3} {:<21} {:<7} {:>9} {:>9} {:>13} | {:>8} {:>9} {:>6} | {:>7}",
@@ -313,17 +329,19 @@ fn main() {
                 groups.push(("", vec!["--libs", "pot,pot-torch", "--dtype", "float64"]));
             }
             groups.push(("", vec!["--libs", "geomloss", "--dtype", "float32"]));
-            groups.push((
-                "(scaling .99)",
-                vec![
-                    "--libs",
-                    "geomloss",
-                    "--dtype",
-                    "float32",
-                    "--scaling",
-                    "0.99",
-                ],
-            ));
+            if n <= o.slow_max_n {
+                groups.push((
+                    "(scaling .99)",
+                    vec![
+                        "--libs",
+                        "geomloss",
+                        "--dtype",
+                        "float32",
+                        "--scaling",
+                        "0.99",
+                    ],
+                ));
+            }
             for (suffix, args) in &groups {
                 for peer in peers(&python, &xp, &yp, "sinkhorn", o.eps, 1.0, o.repeats, args) {
                     let err = peer["marginal_error"].as_f64().unwrap_or(f64::NAN);
