@@ -389,10 +389,18 @@ struct KernelBlock<F> {
     r: Vec<F>,
 }
 
-/// [`KernelBlock`] from the squared distances (row-major, `u.len() x v.len()`); `keep`: also
-/// `L` and `r`.
+/// The squared distances `|p_i - q_j|^2 = |p_i|^2 + |q_j|^2 - 2 <p_i, q_j>` of one kernel block,
+/// from the Gram matrix of centred points (row-major, `p_norms.len() x q_norms.len()`) and
+/// the squared norms, expanded row by row inside the kernel pass.
+struct Distances<'a, F> {
+    gram: &'a [F],
+    p_norms: &'a [F],
+    q_norms: &'a [F],
+}
+
+/// [`KernelBlock`] from the squared distances; `keep`: also `L` and `r`.
 fn kernel_block<F: HostFloat>(
-    sq: &[F],
+    dist: Distances<'_, F>,
     u: &[F],
     v: &[F],
     bandwidths: &[f64],
@@ -410,17 +418,21 @@ fn kernel_block<F: HostFloat>(
         .collect();
     let norm = F::of(1.0 / bandwidths.len() as f64);
     let (mut l, mut r) = if keep {
-        (vec![F::ZERO; sq.len()], vec![F::ZERO; u.len()])
+        (vec![F::ZERO; dist.gram.len()], vec![F::ZERO; u.len()])
     } else {
         (Vec::new(), Vec::new())
     };
     let arch = pulp::Arch::new();
     let rows_per_task = (32_768 / cols).max(1);
-    let blocks = sq
+    let blocks = dist
+        .gram
         .par_chunks(rows_per_task * cols)
+        .zip(dist.p_norms.par_chunks(rows_per_task))
         .zip(u.par_chunks(rows_per_task));
-    let rows = |sq, u, kept| KernelRows {
-        sq,
+    let rows = |gram, p_norms, u, kept| KernelRows {
+        gram,
+        p_norms,
+        q_norms: dist.q_norms,
         u,
         v,
         kept,
@@ -431,17 +443,22 @@ fn kernel_block<F: HostFloat>(
         blocks
             .zip(l.par_chunks_mut(rows_per_task * cols))
             .zip(r.par_chunks_mut(rows_per_task))
-            .map(|(((sq, u), l), r)| arch.dispatch(rows(sq, u, Some((l, r)))))
+            .map(|((((g, pn), u), l), r)| arch.dispatch(rows(g, pn, u, Some((l, r)))))
             .sum()
     } else {
-        blocks.map(|(sq, u)| arch.dispatch(rows(sq, u, None))).sum()
+        blocks
+            .map(|((g, pn), u)| arch.dispatch(rows(g, pn, u, None)))
+            .sum()
     };
     KernelBlock { form, l, r }
 }
 
 /// The kernel rows of [`kernel_block`] for one task, vectorised like [`RowBlock`].
 struct KernelRows<'a, F> {
-    sq: &'a [F],
+    /// Rows of the Gram matrix, with the squared norms of their points and of the columns'.
+    gram: &'a [F],
+    p_norms: &'a [F],
+    q_norms: &'a [F],
     u: &'a [F],
     v: &'a [F],
     /// The rows of `L` and of `r`, when kept.
@@ -465,13 +482,22 @@ impl<F: HostFloat> pulp::WithSimd for KernelRows<'_, F> {
             }
             sum_of(k)
         };
-        let rows = self.sq.chunks_exact(cols).zip(self.u);
+        let mut sq = vec![F::ZERO; cols];
+        // |p|^2 + |q_j|^2 - 2 <p, q_j>, clamped at 0 against rounding.
+        let expand = |sq: &mut [F], gram: &[F], p_norm: F| {
+            for ((s, &g), &q) in sq.iter_mut().zip(gram).zip(self.q_norms) {
+                let d = p_norm + q - (g + g);
+                *s = if d > F::ZERO { d } else { F::ZERO };
+            }
+        };
+        let rows = self.gram.chunks_exact(cols).zip(self.p_norms).zip(self.u);
         match self.kept {
             None => {
-                for (sq, &u) in rows {
+                for ((gram, &p_norm), &u) in rows {
+                    expand(&mut sq, gram, p_norm);
                     k.fill(F::ZERO);
                     for &(c, _) in self.scales {
-                        for (k, &d) in k.iter_mut().zip(sq) {
+                        for (k, &d) in k.iter_mut().zip(&sq) {
                             *k = *k + (d * c).exp_nonpositive();
                         }
                     }
@@ -479,10 +505,13 @@ impl<F: HostFloat> pulp::WithSimd for KernelRows<'_, F> {
                 }
             }
             Some((l, r)) => {
-                for ((sq, &u), (l, r)) in rows.zip(l.chunks_exact_mut(cols).zip(r.iter_mut())) {
+                for (((gram, &p_norm), &u), (l, r)) in
+                    rows.zip(l.chunks_exact_mut(cols).zip(r.iter_mut()))
+                {
+                    expand(&mut sq, gram, p_norm);
                     k.fill(F::ZERO);
                     for &(c, w) in self.scales {
-                        for ((k, l), &d) in k.iter_mut().zip(l.iter_mut()).zip(sq) {
+                        for ((k, l), &d) in k.iter_mut().zip(l.iter_mut()).zip(&sq) {
                             let e = (d * c).exp_nonpositive();
                             *k = *k + e;
                             *l = *l + e * w;
@@ -531,21 +560,29 @@ pub(crate) fn mmd2_on_host<F: HostFloat>(
     let [n, _] = xi.dims();
     let m = yi.dims()[0];
     let (gx, gy) = (x.is_tracked(), y.is_tracked());
-    let pooled = Tensor::cat(vec![xi.clone(), yi.clone()], 0);
-    let sq = |p: &Tensor<2>, q: &Tensor<2>| {
-        host_vec::<F, 2>(crate::cost::squared_distances(
-            p.clone(),
-            q.clone(),
-            &pooled,
-        ))
-    };
+    // Centred points (far from the origin, the expansions below would cancel).
+    let centre = Tensor::cat(vec![xi.clone(), yi.clone()], 0).mean_dim(0);
+    let (xc, yc) = (xi - centre.clone(), yi - centre);
+    let gram =
+        |p: &Tensor<2>, q: &Tensor<2>| host_vec::<F, 2>(p.clone().matmul(q.clone().transpose()));
+    let norms = |p: &Tensor<2>| host_vec::<F, 2>(p.clone().square().sum_dim(1));
+    let (x_norms, y_norms) = (norms(&xc), norms(&yc));
     let (a_h, b_h) = (
         host_vec::<F, 1>(a.clone().inner()),
         host_vec::<F, 1>(b.clone().inner()),
     );
-    let kxx = kernel_block(&sq(&xi, &xi), &a_h, &a_h, bandwidths, gx);
-    let kyy = kernel_block(&sq(&yi, &yi), &b_h, &b_h, bandwidths, gy);
-    let kxy = kernel_block(&sq(&xi, &yi), &a_h, &b_h, bandwidths, gx || gy);
+    let block = |p: &Tensor<2>, q: &Tensor<2>, p_norms, q_norms, u, v, keep| {
+        let gram = gram(p, q);
+        let dist = Distances {
+            gram: &gram,
+            p_norms,
+            q_norms,
+        };
+        kernel_block(dist, u, v, bandwidths, keep)
+    };
+    let kxx = block(&xc, &xc, &x_norms, &x_norms, &a_h, &a_h, gx);
+    let kyy = block(&yc, &yc, &y_norms, &y_norms, &b_h, &b_h, gy);
+    let kxy = block(&xc, &yc, &x_norms, &y_norms, &a_h, &b_h, gx || gy);
 
     // Unbiased self terms: (T - sum u_i^2) / (1 - sum u_i^2), zero where undefined (k_ii = 1).
     let self_scale = |u: &[F]| {
@@ -565,12 +602,8 @@ pub(crate) fn mmd2_on_host<F: HostFloat>(
         return value_t;
     }
 
-    // Centred copies for the gradient's products (far from the origin, `p_i r_i - (L q)_i`
-    // would cancel).
-    let centre = pooled.mean_dim(0);
-    let (xc, yc) = (xi - centre.clone(), yi - centre);
-    let matrix = |l: &[F], rows: usize, cols: usize| {
-        Tensor::<2>::from_data(TensorData::new(l.to_vec(), [rows, cols]), (&device, dtype))
+    let matrix = |l: Vec<F>, rows: usize, cols: usize| {
+        Tensor::<2>::from_data(TensorData::new(l, [rows, cols]), (&device, dtype))
     };
     let column = |v: &[F]| to_tensor(v.to_vec(), &device, dtype).unsqueeze_dim::<2>(1);
     let (a_t, b_t) = (column(&a_h), column(&b_h));
@@ -579,16 +612,27 @@ pub(crate) fn mmd2_on_host<F: HostFloat>(
         (p.clone() * column(r) - l.matmul(vq)) * u.clone().neg()
     };
     // Self blocks count twice (both arguments are the same cloud).
+    // The cross block's L serves both clouds: copied only when both need it.
+    let (lxy_x, lxy_y) = match (gx, gy) {
+        (true, true) => (kxy.l.clone(), kxy.l),
+        (true, false) => (kxy.l, Vec::new()),
+        _ => (Vec::new(), kxy.l),
+    };
+    let cyx = if gy {
+        column_sums(&lxy_y, &a_h, m)
+    } else {
+        Vec::new()
+    };
     let grad_x = gx.then(|| {
         let self_part = row_grad(
-            matrix(&kxx.l, n, n),
+            matrix(kxx.l, n, n),
             &kxx.r,
             &a_t,
             &xc,
             xc.clone() * a_t.clone(),
         );
         let cross = row_grad(
-            matrix(&kxy.l, n, m),
+            matrix(lxy_x, n, m),
             &kxy.r,
             &a_t,
             &xc,
@@ -598,14 +642,13 @@ pub(crate) fn mmd2_on_host<F: HostFloat>(
     });
     let grad_y = gy.then(|| {
         let self_part = row_grad(
-            matrix(&kyy.l, m, m),
+            matrix(kyy.l, m, m),
             &kyy.r,
             &b_t,
             &yc,
             yc.clone() * b_t.clone(),
         );
-        let lt = matrix(&kxy.l, n, m).transpose();
-        let cyx = column_sums(&kxy.l, &a_h, m);
+        let lt = matrix(lxy_y, n, m).transpose();
         let cross = row_grad(lt, &cyx, &b_t, &yc, xc.clone() * a_t.clone());
         self_part.mul_scalar(2.0 * scale_b) - cross.mul_scalar(2.0)
     });
