@@ -607,50 +607,38 @@ pub(crate) fn mmd2_on_host<F: HostFloat>(
     };
     let column = |v: &[F]| to_tensor(v.to_vec(), &device, dtype).unsqueeze_dim::<2>(1);
     let (a_t, b_t) = (column(&a_h), column(&b_h));
+    // The gradient for one cloud `p` (weights `u`, a column): its self block counts twice
+    // (both arguments are `p`) and is scaled for the unbiased estimator, the cross block with
+    // the other cloud (`vq` = its weighted points) counts -2; each gives
     // dT(P, Q)/dp_i = -u_i (p_i r_i - (L (v q))_i).
-    let row_grad = |l: Tensor<2>, r: &[F], u: &Tensor<2>, p: &Tensor<2>, vq: Tensor<2>| {
-        (p.clone() * column(r) - l.matmul(vq)) * u.clone().neg()
+    let gradient = |p: &Tensor<2>,
+                    u: &Tensor<2>,
+                    (self_l, self_r, scale): (Tensor<2>, &[F], f64),
+                    (cross_l, cross_r, vq): (Tensor<2>, &[F], Tensor<2>)| {
+        let part = |l: Tensor<2>, r: &[F], vq: Tensor<2>| p.clone() * column(r) - l.matmul(vq);
+        let own = part(self_l, self_r, p.clone() * u.clone()).mul_scalar(2.0 * scale);
+        (own - part(cross_l, cross_r, vq).mul_scalar(2.0)) * u.clone().neg()
     };
-    // Self blocks count twice (both arguments are the same cloud).
     // The cross block's L serves both clouds: copied only when both need it.
     let (lxy_x, lxy_y) = match (gx, gy) {
         (true, true) => (kxy.l.clone(), kxy.l),
         (true, false) => (kxy.l, Vec::new()),
         _ => (Vec::new(), kxy.l),
     };
-    let cyx = if gy {
-        column_sums(&lxy_y, &a_h, m)
-    } else {
-        Vec::new()
-    };
     let grad_x = gx.then(|| {
-        let self_part = row_grad(
-            matrix(kxx.l, n, n),
-            &kxx.r,
-            &a_t,
-            &xc,
-            xc.clone() * a_t.clone(),
-        );
-        let cross = row_grad(
-            matrix(lxy_x, n, m),
-            &kxy.r,
-            &a_t,
-            &xc,
-            yc.clone() * b_t.clone(),
-        );
-        self_part.mul_scalar(2.0 * scale_a) - cross.mul_scalar(2.0)
+        let own = (matrix(kxx.l, n, n), &kxx.r[..], scale_a);
+        let cross = (matrix(lxy_x, n, m), &kxy.r[..], yc.clone() * b_t.clone());
+        gradient(&xc, &a_t, own, cross)
     });
     let grad_y = gy.then(|| {
-        let self_part = row_grad(
-            matrix(kyy.l, m, m),
-            &kyy.r,
-            &b_t,
-            &yc,
-            yc.clone() * b_t.clone(),
+        let column_r = column_sums(&lxy_y, &a_h, m);
+        let own = (matrix(kyy.l, m, m), &kyy.r[..], scale_b);
+        let cross = (
+            matrix(lxy_y, n, m).transpose(),
+            &column_r[..],
+            xc.clone() * a_t.clone(),
         );
-        let lt = matrix(lxy_y, n, m).transpose();
-        let cross = row_grad(lt, &cyx, &b_t, &yc, xc.clone() * a_t.clone());
-        self_part.mul_scalar(2.0 * scale_b) - cross.mul_scalar(2.0)
+        gradient(&yc, &b_t, own, cross)
     });
     with_gradients(value_t, [(x, grad_x), (y, grad_y)])
 }

@@ -6,7 +6,7 @@
 //! and the output: the value as a difference of potentials with its envelope-theorem gradient,
 //! obtained from one differentiable softmin step taken from the converged, detached potentials
 //! ([`sinkhorn_divergence`]).
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::cost::{log_weights, squared_distances, uniform_weights};
 use crate::host::{HostFloat, HostSoftmin, host_vec, to_tensor};
@@ -295,43 +295,83 @@ pub fn solve_potentials(
     b: &Tensor<1>,
     config: &SinkhornConfig,
 ) -> SolveOutput {
-    let (x, y) = (x.clone().inner(), y.clone().inner());
-    let (a, b) = (a.clone().inner(), b.clone().inner());
-    let diameter = box_diameter(&x, &y);
-    let same = same_measure(&x, &y, &a, &b);
-    let costs = Costs::new(&x, &y);
-    match (crate::host::runs_on_host(&x.device()), a.dtype()) {
-        (true, DType::F32) => solve_on_host::<f32>(costs, &a, &b, diameter, same, config),
-        (true, DType::F64) => solve_on_host::<f64>(costs, &a, &b, diameter, same, config),
+    let problem = Problem::new(x, y, a, b);
+    let (device, dtype) = (problem.a.device(), problem.a.dtype());
+    match (crate::host::runs_on_host(&device), dtype) {
+        (true, DType::F32) => {
+            HostSolution::<f32>::new(&problem, config).into_tensors(&device, dtype)
+        }
+        (true, DType::F64) => {
+            HostSolution::<f64>::new(&problem, config).into_tensors(&device, dtype)
+        }
         _ => {
             let mut op = TensorSoftmin {
-                costs,
+                costs: Costs::new(&problem.x, &problem.y),
                 scaled: None,
             };
-            solve_with(&mut op, diameter, &a, &b, same, config)
+            let (a, b) = (&problem.a, &problem.b);
+            solve_with(&mut op, problem.diameter, a, b, problem.same, config)
         }
     }
 }
 
-/// [`solve_potentials`] through the host loop, the potentials returned as tensors on the
-/// device and in the dtype of `a`.
-fn solve_on_host<F: HostFloat>(
-    costs: Costs,
-    a: &Tensor<1>,
-    b: &Tensor<1>,
-    diameter: f64,
-    same: bool,
-    config: &SinkhornConfig,
-) -> SolveOutput {
-    let (device, dtype) = (a.device(), a.dtype());
-    let mut op = HostSoftmin::<F>::new(costs.xy, costs.xx, costs.yy);
-    let (a, b) = (host_vec::<F, 1>(a.clone()), host_vec::<F, 1>(b.clone()));
-    let solved = solve_with(&mut op, diameter, &a, &b, same, config);
-    SolveOutput {
-        potentials: solved.potentials.map(|v| to_tensor(v, &device, dtype)),
-        n_iters: solved.n_iters,
-        marginal_error: solved.marginal_error,
-        converged: solved.converged,
+/// What the solver loop takes from the inputs: the clouds and weights without autodiff, the
+/// diameter of the eps schedule, and whether the two measures are one ([`same_measure`]).
+pub(crate) struct Problem {
+    pub x: Tensor<2>,
+    pub y: Tensor<2>,
+    pub a: Tensor<1>,
+    pub b: Tensor<1>,
+    pub diameter: f64,
+    pub same: bool,
+}
+
+impl Problem {
+    pub(crate) fn new(x: &Tensor<2>, y: &Tensor<2>, a: &Tensor<1>, b: &Tensor<1>) -> Self {
+        let (x, y) = (x.clone().inner(), y.clone().inner());
+        let (a, b) = (a.clone().inner(), b.clone().inner());
+        Self {
+            diameter: box_diameter(&x, &y),
+            same: same_measure(&x, &y, &a, &b),
+            x,
+            y,
+            a,
+            b,
+        }
+    }
+}
+
+/// The host loop's solution with what the last step needs: the cost matrices and the weights.
+struct HostSolution<F> {
+    op: HostSoftmin<F>,
+    a: Vec<F>,
+    b: Vec<F>,
+    solved: SolveOutput<Vec<F>>,
+}
+
+impl<F: HostFloat> HostSolution<F> {
+    fn new(problem: &Problem, config: &SinkhornConfig) -> Self {
+        let costs = Costs::new(&problem.x, &problem.y);
+        let mut op = HostSoftmin::new(costs.xy, costs.xx, costs.yy);
+        let (a, b) = (host_vec(problem.a.clone()), host_vec(problem.b.clone()));
+        let solved = solve_with(&mut op, problem.diameter, &a, &b, problem.same, config);
+        Self { op, a, b, solved }
+    }
+
+    /// The solution with its potentials as tensors on `device`, in `dtype`.
+    fn into_tensors(self, device: &Device, dtype: DType) -> SolveOutput {
+        let SolveOutput {
+            potentials,
+            n_iters,
+            marginal_error,
+            converged,
+        } = self.solved;
+        SolveOutput {
+            potentials: potentials.map(|v| to_tensor(v, device, dtype)),
+            n_iters,
+            marginal_error,
+            converged,
+        }
     }
 }
 
@@ -693,14 +733,13 @@ fn divergence_on_host<F: HostFloat>(
     b: &Tensor<1>,
     config: &SinkhornConfig,
 ) -> SinkhornOutput {
-    let (xi, yi) = (x.clone().inner(), y.clone().inner());
-    let (device, dtype) = (xi.device(), xi.dtype());
-    let diameter = box_diameter(&xi, &yi);
-    let same = same_measure(&xi, &yi, a, b);
-    let costs = Costs::new(&xi, &yi);
-    let mut op = HostSoftmin::<F>::new(costs.xy, costs.xx, costs.yy);
-    let (a_h, b_h) = (host_vec::<F, 1>(a.clone()), host_vec::<F, 1>(b.clone()));
-    let solved = solve_with(&mut op, diameter, &a_h, &b_h, same, config);
+    let problem = Problem::new(x, y, a, b);
+    let HostSolution {
+        op,
+        a: a_h,
+        b: b_h,
+        solved,
+    } = HostSolution::<F>::new(&problem, config);
     let p = &solved.potentials;
     let eps = config.eps;
     let (a_log, b_log) = (op.log_weights(&a_h), op.log_weights(&b_h));
@@ -716,33 +755,37 @@ fn divergence_on_host<F: HostFloat>(
             .sum()
     };
     let value = dot(&a_h, &f_ba, &f_aa) + dot(&b_h, &g_ab, &g_bb);
+    let (device, dtype) = (problem.a.device(), problem.a.dtype());
     let value_t =
         Tensor::<1>::from_data(TensorData::new(vec![F::of(value)], [1]), (&device, dtype));
-
-    // Gradients in centred coordinates (exact: rows of the plans sum to 1).
-    let pooled = Tensor::cat(vec![xi.clone(), yi.clone()], 0);
-    let centre = pooled.mean_dim(0);
-    let (xc, yc) = (xi - centre.clone(), yi - centre);
-    let (n, m) = (xc.dims()[0], yc.dims()[0]);
-    let matrix = |v: Vec<F>, rows: usize, cols: usize| {
-        Tensor::<2>::from_data(TensorData::new(v, [rows, cols]), (&device, dtype))
+    let value = if gx || gy {
+        // Gradients in centred coordinates (exact: rows of the plans sum to 1).
+        let Problem { x: xi, y: yi, .. } = problem;
+        let centre = Tensor::cat(vec![xi.clone(), yi.clone()], 0).mean_dim(0);
+        let (xc, yc) = (xi - centre.clone(), yi - centre);
+        let (n, m) = (xc.dims()[0], yc.dims()[0]);
+        let matrix = |v: Vec<F>, rows: usize, cols: usize| {
+            Tensor::<2>::from_data(TensorData::new(v, [rows, cols]), (&device, dtype))
+        };
+        // w_i ((P_self own)_i - (P_cross other)_i)
+        let envelope = |w: &Tensor<1>,
+                        own: &Tensor<2>,
+                        other: &Tensor<2>,
+                        p_self: Vec<F>,
+                        p_cross: Vec<F>,
+                        rows: usize,
+                        cols: usize| {
+            let w = w.clone().unsqueeze_dim::<2>(1);
+            (matrix(p_self, rows, rows).matmul(own.clone())
+                - matrix(p_cross, rows, cols).matmul(other.clone()))
+                * w
+        };
+        let grad_x = gx.then(|| envelope(a, &xc, &yc, p_aa, p_ab, n, m));
+        let grad_y = gy.then(|| envelope(b, &yc, &xc, p_bb, p_ba, m, n));
+        crate::host::with_gradients(value_t, [(x, grad_x), (y, grad_y)])
+    } else {
+        value_t
     };
-    // a_i ((P_self own)_i - (P_cross other)_i)
-    let envelope = |w: &Tensor<1>,
-                    own: &Tensor<2>,
-                    other: &Tensor<2>,
-                    p_self: Vec<F>,
-                    p_cross: Vec<F>,
-                    rows: usize,
-                    cols: usize| {
-        let w = w.clone().unsqueeze_dim::<2>(1);
-        (matrix(p_self, rows, rows).matmul(own.clone())
-            - matrix(p_cross, rows, cols).matmul(other.clone()))
-            * w
-    };
-    let grad_x = gx.then(|| envelope(a, &xc, &yc, p_aa, p_ab, n, m));
-    let grad_y = gy.then(|| envelope(b, &yc, &xc, p_bb, p_ba, m, n));
-    let value = crate::host::with_gradients(value_t, [(x, grad_x), (y, grad_y)]);
     SinkhornOutput {
         value,
         n_iters: solved.n_iters,
@@ -837,7 +880,6 @@ mod tests {
         let by_tensors = solve_with(&mut tensor_op, diameter, &a, &b, false, &config);
         let on_host = solve_potentials(&x, &y, &a, &b, &config);
         assert!(by_tensors.converged && on_host.converged);
-        let values = |t: Tensor<1>| host_values(t);
         let pairs = [
             (by_tensors.potentials.f_ba, on_host.potentials.f_ba),
             (by_tensors.potentials.g_ab, on_host.potentials.g_ab),
@@ -845,7 +887,7 @@ mod tests {
             (by_tensors.potentials.g_bb, on_host.potentials.g_bb),
         ];
         for (k, (t, h)) in pairs.into_iter().enumerate() {
-            for (u, v) in values(t).into_iter().zip(values(h)) {
+            for (u, v) in host_values(t).into_iter().zip(host_values(h)) {
                 assert!((u - v).abs() < 1e-9, "potential {k}: {u} vs {v}");
             }
         }

@@ -23,8 +23,7 @@ use burn::tensor::{Device, Tensor};
 use crate::cost::{log_weights, uniform_weights};
 use crate::mmd::{Bandwidth, MmdConfig, MmdEstimator, MmdOutput, median_heuristic};
 use crate::sinkhorn::{
-    Pair, SinkhornConfig, SinkhornOutput, SoftminOp, SolveOutput, box_diameter, same_measure,
-    solve_with,
+    Pair, Problem, SinkhornConfig, SinkhornOutput, SoftminOp, SolveOutput, solve_with,
 };
 
 /// Smallest `n * m` for which the fused path is used on a wgpu device that is a hardware GPU
@@ -203,10 +202,14 @@ pub fn solve_potentials_fused(
     b: &Tensor<1>,
     config: &SinkhornConfig,
 ) -> SolveOutput {
-    let (x, y) = (x.clone().inner(), y.clone().inner());
-    let (a, b) = (a.clone().inner(), b.clone().inner());
-    let diameter = box_diameter(&x, &y);
-    let same = same_measure(&x, &y, &a, &b);
+    let Problem {
+        x,
+        y,
+        a,
+        b,
+        diameter,
+        same,
+    } = Problem::new(x, y, a, b);
     solve_with(&mut FusedSoftmin { x, y }, diameter, &a, &b, same, config)
 }
 
