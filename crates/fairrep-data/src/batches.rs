@@ -119,9 +119,45 @@ pub fn stratified_batches(
     Ok(StratifiedBatches::new(groups, n_groups, batch_size)?.epoch(seed))
 }
 
+/// A group-stratified subsample of at most `max` rows (every group represented, each in
+/// proportion to its size), fixed by `seed`, in increasing row order; every row when there are
+/// at most `max`. It is the first batch of a [`StratifiedBatches`] epoch with batch size
+/// `max`, so the same rules hold (a group with no row, or `max < n_groups`, is an error).
+pub fn stratified_subsample(
+    groups: &[u32],
+    n_groups: usize,
+    max: usize,
+    seed: u64,
+) -> Result<Vec<usize>, DataError> {
+    if groups.len() <= max {
+        return Ok((0..groups.len()).collect());
+    }
+    let mut first = StratifiedBatches::new(groups, n_groups, max)?
+        .epoch(seed)
+        .swap_remove(0);
+    first.sort_unstable();
+    Ok(first)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subsample_is_stratified_and_deterministic() {
+        let groups: Vec<u32> = (0..1000).map(|i| u32::from(i % 10 == 0)).collect();
+        let a = stratified_subsample(&groups, 2, 100, 5).unwrap();
+        assert_eq!(a, stratified_subsample(&groups, 2, 100, 5).unwrap());
+        assert!(a.len() <= 100 && a.len() >= 90);
+        let ones = a.iter().filter(|&&i| groups[i] == 1).count();
+        assert!((5..=15).contains(&ones), "{ones}");
+        assert_eq!(
+            stratified_subsample(&groups[..50], 2, 100, 5).unwrap(),
+            (0..50).collect::<Vec<_>>()
+        );
+        // A group without rows is an error, not a silent fallback.
+        assert!(stratified_subsample(&vec![0; 300], 2, 100, 5).is_err());
+    }
 
     #[test]
     fn every_batch_has_every_group_and_rows_are_used_once() {

@@ -1,10 +1,12 @@
-//! Loading a dataset from its spec: filtering, group and target construction, splitting,
-//! standardisation and one-hot encoding.
+//! Loading a dataset from its spec, in named stages: select the tasks, choose the input
+//! columns, read the tables, keep the rows (filters, groups, targets, fixed splits), assign the
+//! remaining rows to splits, fit (or take) the preprocessing, build the schema, encode.
 //!
 //! Conventions (all documented here once):
-//! - Standardisation statistics (mean, population standard deviation) come from the final
-//!   train split only. A numeric column with zero variance in train gets std 1 (so it is only
-//!   centred).
+//! - Standardisation statistics (mean, population standard deviation, computed in two passes in
+//!   float64 from values shifted by the first one, so that a large common offset does not cancel
+//!   the variance) come from the final train split only. A numeric column with zero variance in train gets std 1 (so it is
+//!   only centred).
 //! - Categories are the values seen in the train split, sorted. A value first seen in valid /
 //!   test (or in a file passed to [`apply_preprocessing`]) encodes as an all-zero one-hot block.
 //! - Without a validation split in the files (official train/test), validation is a
@@ -13,7 +15,8 @@
 //!   the first selected task is binary, by its label: inside each stratum the rows are
 //!   shuffled (ChaCha8, `split_seed`) and cut at the rounded cumulative fractions.
 //! - Rows keep their file order inside each split.
-//! - Every group must have rows in every split, else [`DataError::EmptyGroup`].
+//! - A dataset has at least two groups, and every group has rows in every split, else
+//!   [`DataError::EmptyGroup`] / [`DataError::InvalidArgument`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -24,53 +27,12 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::DataError;
+use crate::matrix::Matrix;
 use crate::spec::{
-    DEFAULT_VALID_FRACTION, DatasetSpec, ExcludeTaskColumns, Op, PredicateValue, Scalar, SplitKind,
-    TaskKind, TaskSpec, Unmatched,
+    DEFAULT_VALID_FRACTION, DatasetSpec, ExcludeTaskColumns, Op, PredicateValue, Scalar,
+    SensitiveSpec, SplitFractions, SplitKind, TaskKind, TaskSpec, Unmatched,
 };
 use crate::table::{Table, read_partition, read_table};
-
-/// Fractions of a random split; positive and summing to 1 (within 1e-6).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SplitFractions {
-    /// Train fraction.
-    pub train: f64,
-    /// Validation fraction.
-    pub valid: f64,
-    /// Test fraction.
-    pub test: f64,
-}
-
-impl Default for SplitFractions {
-    /// 0.7 / 0.15 / 0.15.
-    fn default() -> Self {
-        Self {
-            train: 0.7,
-            valid: 0.15,
-            test: 0.15,
-        }
-    }
-}
-
-impl SplitFractions {
-    /// Checks that all fractions are positive and sum to 1.
-    pub fn validate(&self) -> Result<(), DataError> {
-        let ok = [self.train, self.valid, self.test]
-            .iter()
-            .all(|f| f.is_finite() && *f > 0.0)
-            && ((self.train + self.valid + self.test) - 1.0).abs() < 1e-6;
-        if ok {
-            Ok(())
-        } else {
-            Err(DataError::InvalidArgument {
-                what: "split fractions".into(),
-                expected: "train, valid, test > 0 summing to 1".into(),
-                found: format!("{} / {} / {}", self.train, self.valid, self.test),
-            })
-        }
-    }
-}
 
 /// How to load a dataset.
 #[derive(Debug, Clone, PartialEq)]
@@ -186,15 +148,58 @@ pub struct Preprocessing {
     pub categorical: Vec<CategoryLevels>,
 }
 
-/// One split, row-major.
+/// The three splits of a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitName {
+    /// The rows the model is fitted on.
+    Train,
+    /// The rows models are chosen on.
+    Valid,
+    /// The rows results are reported on.
+    Test,
+}
+
+impl SplitName {
+    /// All three, in order.
+    pub const ALL: [SplitName; 3] = [SplitName::Train, SplitName::Valid, SplitName::Test];
+
+    /// `train`, `valid` or `test`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Train => "train",
+            Self::Valid => "valid",
+            Self::Test => "test",
+        }
+    }
+}
+
+impl std::fmt::Display for SplitName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for SplitName {
+    type Err = DataError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|n| n.name() == s)
+            .ok_or_else(|| DataError::InvalidArgument {
+                what: "split".into(),
+                expected: "train, valid or test".into(),
+                found: format!("`{s}`"),
+            })
+    }
+}
+
+/// One split: features, group ids and targets, row by row.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Split {
-    /// `n x d` features, row-major.
-    pub x: Vec<f32>,
-    /// Rows.
-    pub n: usize,
-    /// Features.
-    pub d: usize,
+    /// `n x d` features.
+    pub x: Matrix<f32>,
     /// Group id per row, in `0..n_groups`.
     pub groups: Vec<u32>,
     /// One vector per task, each of length `n`; binary tasks are 0.0 / 1.0.
@@ -202,21 +207,20 @@ pub struct Split {
 }
 
 impl Split {
-    /// Features of row `i`.
-    pub fn row(&self, i: usize) -> &[f32] {
-        &self.x[i * self.d..(i + 1) * self.d]
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.x.rows
+    }
+
+    /// Whether the split has no row.
+    pub fn is_empty(&self) -> bool {
+        self.x.rows == 0
     }
 
     /// The rows `idx` (in that order) as a new split, e.g. a minibatch.
     pub fn gather(&self, idx: &[usize]) -> Split {
-        let mut x = Vec::with_capacity(idx.len() * self.d);
-        for &i in idx {
-            x.extend_from_slice(self.row(i));
-        }
         Split {
-            x,
-            n: idx.len(),
-            d: self.d,
+            x: self.x.gather(idx),
             groups: idx.iter().map(|&i| self.groups[i]).collect(),
             targets: self
                 .targets
@@ -233,6 +237,11 @@ impl Split {
             c[g as usize] += 1;
         }
         c
+    }
+
+    /// Keeps only the targets of `order` (indices into the current targets), in that order.
+    pub fn keep_targets(&mut self, order: &[usize]) {
+        self.targets = order.iter().map(|&i| self.targets[i].clone()).collect();
     }
 }
 
@@ -258,32 +267,72 @@ impl Dataset {
     pub fn n_groups(&self) -> usize {
         self.schema.groups.len()
     }
+
     /// Task names in target order.
     pub fn task_names(&self) -> Vec<String> {
         self.schema.tasks.iter().map(|t| t.name.clone()).collect()
     }
+
     /// Number of input features `d`.
     pub fn n_features(&self) -> usize {
         self.schema.features.len()
     }
+
+    /// One split by name.
+    pub fn split(&self, name: SplitName) -> &Split {
+        match name {
+            SplitName::Train => &self.train,
+            SplitName::Valid => &self.valid,
+            SplitName::Test => &self.test,
+        }
+    }
+
+    /// Keeps only the tasks `order` (indices into the current tasks), in that order, in the
+    /// schema and in every split.
+    pub fn keep_tasks(&mut self, order: &[usize]) {
+        self.schema.tasks = order.iter().map(|&i| self.schema.tasks[i].clone()).collect();
+        for split in [&mut self.train, &mut self.valid, &mut self.test] {
+            split.keep_targets(order);
+        }
+    }
 }
 
-/// Loads `spec` from `opts.data_dir`, fitting the preprocessing on the train split.
-pub fn load(spec: &DatasetSpec, opts: &LoadOptions) -> Result<Dataset, DataError> {
-    load_impl(spec, opts, None, true)
+/// How [`load`] encodes the data.
+#[derive(Debug, Clone, Copy)]
+pub enum Encoding<'a> {
+    /// Fit the preprocessing on the train split (a new run).
+    Fit,
+    /// A checkpoint's schema and preprocessing: input columns, groups and tasks must match
+    /// (resuming, or reopening a finished run).
+    Resume(&'a Schema, &'a Preprocessing),
+    /// A trained encoder's schema and preprocessing with other tasks (transfer): input
+    /// columns and groups must match. `opts.aware` and `opts.held_out` are ignored (the saved
+    /// input columns decide). The saved schema's tasks that the spec defines are loaded too
+    /// (then dropped), so that the same rows are kept and a random split is stratified as it
+    /// was in training: on the same dataset with the same `split_seed`, every split holds the
+    /// rows it held for the encoder (unless a transfer task's column has missing values that
+    /// drop rows).
+    Transfer(&'a Schema, &'a Preprocessing),
 }
 
-/// Loads `opts.tasks` of `spec` with the input columns, groups and encoding of a saved
-/// `schema` (a trained encoder's), whatever tasks that schema was trained on: the data a
-/// frozen encoder is transferred to. Input columns (names and kinds) and group names must
-/// match ([`DataError::SchemaMismatch`] otherwise); `opts.aware` and `opts.held_out` are
-/// ignored (the saved input columns decide).
-///
-/// The saved schema's tasks that `spec` defines are loaded too (then dropped), so that the
-/// same rows are kept and a random split is stratified as it was in training: on the same
-/// dataset with the same `split_seed`, every split holds the rows it held for the encoder
-/// (unless a transfer task's column has missing values that drop rows).
-pub fn load_for_transfer(
+/// Loads `spec` from `opts.data_dir`, encoded as `encoding` says; a mismatch with a saved
+/// schema is [`DataError::SchemaMismatch`].
+pub fn load(
+    spec: &DatasetSpec,
+    opts: &LoadOptions,
+    encoding: Encoding<'_>,
+) -> Result<Dataset, DataError> {
+    match encoding {
+        Encoding::Transfer(schema, preprocessing) => {
+            load_for_transfer(spec, opts, schema, preprocessing)
+        }
+        _ => load_encoded(spec, opts, encoding),
+    }
+}
+
+/// [`Encoding::Transfer`]: the spec restricted to the saved input columns, the saved tasks
+/// loaded alongside the wanted ones, then dropped.
+fn load_for_transfer(
     spec: &DatasetSpec,
     opts: &LoadOptions,
     schema: &Schema,
@@ -327,37 +376,691 @@ pub fn load_for_transfer(
         tasks: Some(loaded.clone()),
         ..opts.clone()
     };
-    let mut dataset = load_impl(&spec, &opts, Some((schema, preprocessing)), false)?;
+    let mut dataset = load_encoded(&spec, &opts, Encoding::Transfer(schema, preprocessing))?;
     let keep: Vec<usize> = wanted
         .iter()
-        .map(|w| {
-            loaded
-                .iter()
-                .position(|l| l == w)
-                .expect("every wanted task is loaded")
-        })
+        .filter_map(|w| loaded.iter().position(|l| l == w))
         .collect();
-    dataset.schema.tasks = keep
-        .iter()
-        .map(|&i| dataset.schema.tasks[i].clone())
-        .collect();
+    dataset.keep_tasks(&keep);
     dataset.schema.aware = schema.aware;
-    for split in [&mut dataset.train, &mut dataset.valid, &mut dataset.test] {
-        split.targets = keep.iter().map(|&i| split.targets[i].clone()).collect();
-    }
     Ok(dataset)
 }
 
-/// Loads `spec` but encodes with a saved `schema` and `preprocessing` (e.g. from a checkpoint)
-/// instead of fitting new ones: input columns, groups and tasks must match the saved schema
-/// ([`DataError::SchemaMismatch`] otherwise); categories follow the saved lists.
-pub fn load_with_preprocessing(
+/// The stages of [`load`] for one spec and encoding.
+fn load_encoded(
     spec: &DatasetSpec,
     opts: &LoadOptions,
+    encoding: Encoding<'_>,
+) -> Result<Dataset, DataError> {
+    spec.validate()?;
+    let tasks = select_tasks(spec, opts)?;
+    let inputs = InputColumns::select(spec, opts, &tasks)?;
+    let mut tables = Tables::read(spec, opts, &inputs.needed(spec, &tasks))?;
+    let mut rows = keep_rows(spec, &mut tables, &tasks)?;
+    assign_splits(spec, opts, &tasks, &mut rows)?;
+    let preprocessing = match encoding {
+        Encoding::Fit => fit_preprocessing(&mut tables, &rows, &inputs)?,
+        Encoding::Resume(_, p) | Encoding::Transfer(_, p) => p.clone(),
+    };
+    let schema = build_schema(spec, opts, &tasks, &inputs, &preprocessing, &rows.group_names);
+    match encoding {
+        Encoding::Fit => {}
+        Encoding::Resume(saved, p) => {
+            check_schema(saved, &schema, false)?;
+            check_preprocessing(saved, p)?;
+        }
+        Encoding::Transfer(saved, p) => {
+            check_schema(saved, &schema, true)?;
+            check_preprocessing(saved, p)?;
+        }
+    }
+    let [train, valid, test] = encode_splits(&mut tables, &rows, &schema, &preprocessing)?;
+    Ok(Dataset {
+        name: spec.name.clone(),
+        schema,
+        preprocessing,
+        train,
+        valid,
+        test,
+    })
+}
+
+/// Stage 1: the tasks to load, in order (`opts.tasks`, else every task of the spec).
+fn select_tasks<'s>(
+    spec: &'s DatasetSpec,
+    opts: &LoadOptions,
+) -> Result<Vec<&'s TaskSpec>, DataError> {
+    let Some(names) = &opts.tasks else {
+        return Ok(spec.tasks.iter().collect());
+    };
+    let mut tasks: Vec<&TaskSpec> = Vec::with_capacity(names.len());
+    for n in names {
+        let t = find_task(spec, n)?;
+        if tasks.iter().any(|o| o.name == t.name) {
+            return Err(DataError::InvalidArgument {
+                what: "task list".into(),
+                expected: "each task once".into(),
+                found: format!("`{n}` twice"),
+            });
+        }
+        tasks.push(t);
+    }
+    if tasks.is_empty() {
+        return Err(DataError::InvalidArgument {
+            what: "task list".into(),
+            expected: "at least one task".into(),
+            found: "an empty list".into(),
+        });
+    }
+    Ok(tasks)
+}
+
+fn find_task<'s>(spec: &'s DatasetSpec, name: &str) -> Result<&'s TaskSpec, DataError> {
+    spec.tasks
+        .iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| DataError::UnknownTask {
+            dataset: spec.name.clone(),
+            task: name.to_string(),
+            available: spec.tasks.iter().map(|t| t.name.clone()).collect(),
+        })
+}
+
+/// Stage 2: the input columns left once the sensitive, task and held-out columns are removed.
+struct InputColumns {
+    numeric: Vec<String>,
+    categorical: Vec<String>,
+}
+
+impl InputColumns {
+    fn select(
+        spec: &DatasetSpec,
+        opts: &LoadOptions,
+        tasks: &[&TaskSpec],
+    ) -> Result<Self, DataError> {
+        let mut excluded: Vec<String> = Vec::new();
+        for name in &opts.held_out {
+            let t = find_task(spec, name)?;
+            if tasks.iter().any(|l| l.name == t.name) {
+                return Err(DataError::InvalidArgument {
+                    what: "held-out tasks".into(),
+                    expected: "tasks that are not also trained on".into(),
+                    found: format!("`{name}` in both lists"),
+                });
+            }
+            push_unique(&mut excluded, &t.column);
+        }
+        if !opts.aware {
+            excluded.push(spec.sensitive.column.clone());
+            let task_columns: Vec<&TaskSpec> = match spec.inputs.exclude_task_columns {
+                ExcludeTaskColumns::Selected => tasks.to_vec(),
+                ExcludeTaskColumns::All => spec.tasks.iter().collect(),
+            };
+            task_columns
+                .iter()
+                .for_each(|t| push_unique(&mut excluded, &t.column));
+        }
+        let keep = |cols: &[String]| -> Vec<String> {
+            cols.iter()
+                .filter(|c| !excluded.contains(c))
+                .cloned()
+                .collect()
+        };
+        let inputs = Self {
+            numeric: keep(&spec.inputs.numeric),
+            categorical: keep(&spec.inputs.categorical),
+        };
+        if inputs.numeric.is_empty() && inputs.categorical.is_empty() {
+            return Err(DataError::InvalidArgument {
+                what: format!("inputs of dataset `{}`", spec.name),
+                expected: "at least one input column left".into(),
+                found: format!(
+                    "none after removing the sensitive and task columns [{}]",
+                    excluded.join(", ")
+                ),
+            });
+        }
+        Ok(inputs)
+    }
+
+    /// Every column the rows need: inputs, the sensitive column, the tasks', the filters' and
+    /// the partition key.
+    fn needed(&self, spec: &DatasetSpec, tasks: &[&TaskSpec]) -> Vec<String> {
+        let mut needed: Vec<String> = Vec::new();
+        self.numeric
+            .iter()
+            .chain(&self.categorical)
+            .for_each(|c| push_unique(&mut needed, c));
+        push_unique(&mut needed, &spec.sensitive.column);
+        tasks
+            .iter()
+            .for_each(|t| push_unique(&mut needed, &t.column));
+        spec.filters
+            .iter()
+            .for_each(|f| push_unique(&mut needed, &f.column));
+        let split = &spec.split;
+        if split.kind == SplitKind::Partition {
+            match &split.partition_file {
+                Some(pf) => push_unique(&mut needed, &pf.key),
+                None => push_unique(&mut needed, split.column.as_deref().unwrap_or_default()),
+            }
+        }
+        needed
+    }
+}
+
+/// Stage 3: the data files read (the train file, and the official test file), with their
+/// cache of parsed numbers and, for a partition split from a separate file, each main-table
+/// row's partition value.
+struct Tables {
+    tables: Vec<Table>,
+    caches: Vec<NumCache>,
+    partition: Option<Vec<String>>,
+}
+
+impl Tables {
+    fn read(spec: &DatasetSpec, opts: &LoadOptions, needed: &[String]) -> Result<Self, DataError> {
+        let read = |file: &crate::spec::FileSpec| {
+            read_table(
+                &opts.data_dir.join(&file.path),
+                &spec.format,
+                file.skip_lines,
+                needed,
+            )
+        };
+        let mut tables = vec![read(&spec.files.train)?];
+        if let Some(t) = &spec.files.test {
+            tables.push(read(t)?);
+        }
+        let partition = match (spec.split.kind, &spec.split.partition_file) {
+            (SplitKind::Partition, Some(pf)) => {
+                let col = spec.split.column.as_deref().unwrap_or_default();
+                let pt = read_partition(&opts.data_dir.join(&pf.path), &pf.columns, &pf.key, col)?;
+                let mut map: HashMap<&str, &str> = HashMap::with_capacity(pt.n_rows());
+                for r in 0..pt.n_rows() {
+                    map.insert(pt.cell(0, r), pt.cell(1, r));
+                }
+                let t = &tables[0];
+                let kc = t.col(&pf.key);
+                let mut v = Vec::with_capacity(t.n_rows());
+                for r in 0..t.n_rows() {
+                    let k = t.cell(kc, r);
+                    let p = map.get(k).ok_or_else(|| DataError::BadCell {
+                        file: t.path.clone(),
+                        line: t.lines[r],
+                        column: pf.key.clone(),
+                        expected: format!("a key listed in `{}`", pt.path.display()),
+                        found: k.to_string(),
+                    })?;
+                    v.push((*p).to_string());
+                }
+                Some(v)
+            }
+            _ => None,
+        };
+        let caches = tables.iter().map(NumCache::new).collect();
+        Ok(Self {
+            tables,
+            caches,
+            partition,
+        })
+    }
+
+    /// The numeric value of column `column` at row `row` of table `table`.
+    fn number(&mut self, table: usize, column: &str, row: usize) -> Result<f64, DataError> {
+        let t = &self.tables[table];
+        self.caches[table].get(t, t.col(column), row)
+    }
+}
+
+/// One kept row: where it comes from, its group, its targets and its split (fixed by the
+/// files, or assigned in [`assign_splits`]).
+struct Kept {
+    table: usize,
+    row: usize,
+    group: u32,
+    targets: Vec<f32>,
+    split: Option<SplitName>,
+}
+
+/// The rows kept and the group names (the `other` group appended when used).
+struct KeptRows {
+    kept: Vec<Kept>,
+    group_names: Vec<String>,
+}
+
+impl KeptRows {
+    /// The rows of each split, as indices into `kept`.
+    fn by_split(&self) -> [Vec<usize>; 3] {
+        let mut out: [Vec<usize>; 3] = Default::default();
+        for (i, k) in self.kept.iter().enumerate() {
+            let s = k.split.expect("every row is assigned a split");
+            out[s as usize].push(i);
+        }
+        out
+    }
+
+    /// `name: count` for each group, for error messages.
+    fn sizes(&self, counts: &[usize]) -> String {
+        self.group_names
+            .iter()
+            .zip(counts)
+            .map(|(g, c)| format!("{g}: {c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// What the sensitive value of a row says.
+enum GroupOf {
+    Group(u32),
+    Other,
+    Drop,
+}
+
+/// The group of row `r` (see [`SensitiveSpec`]).
+fn row_group(
+    t: &Table,
+    cache: &mut NumCache,
+    sens: &SensitiveSpec,
+    col: usize,
+    r: usize,
+) -> Result<GroupOf, DataError> {
+    if let Some(th) = sens.threshold {
+        return Ok(GroupOf::Group(u32::from(cache.get(t, col, r)? >= th)));
+    }
+    let groups = sens.groups.as_deref().unwrap_or_default();
+    for (gi, g) in groups.iter().enumerate() {
+        for v in &g.values {
+            if scalar_matches(t, cache, col, r, v)? {
+                return Ok(GroupOf::Group(gi as u32));
+            }
+        }
+    }
+    match sens.unmatched {
+        Unmatched::Drop => Ok(GroupOf::Drop),
+        Unmatched::Other => Ok(GroupOf::Other),
+        Unmatched::Error => {
+            let listed: Vec<String> = groups
+                .iter()
+                .flat_map(|g| g.values.iter().map(|v| v.to_string()))
+                .collect();
+            Err(DataError::BadCell {
+                file: t.path.clone(),
+                line: t.lines[r],
+                column: sens.column.clone(),
+                expected: format!(
+                    "one of the sensitive values [{}] (or set sensitive.unmatched)",
+                    listed.join(", ")
+                ),
+                found: t.cell(col, r).to_string(),
+            })
+        }
+    }
+}
+
+/// The split a row's files fix: the official test file, or a partition value.
+fn fixed_split(
+    spec: &DatasetSpec,
+    table_index: usize,
+    t: &Table,
+    partition: Option<&[String]>,
+    r: usize,
+) -> Result<Option<SplitName>, DataError> {
+    let split = &spec.split;
+    match split.kind {
+        SplitKind::Official if table_index == 1 => Ok(Some(SplitName::Test)),
+        SplitKind::Official | SplitKind::Random => Ok(None),
+        SplitKind::Partition => {
+            let column = split.column.clone().unwrap_or_default();
+            let cell = match partition {
+                Some(p) => p[r].as_str(),
+                None => t.cell(t.col(&column), r),
+            };
+            let lists = [&split.train_values, &split.valid_values, &split.test_values];
+            for (name, list) in SplitName::ALL.into_iter().zip(lists) {
+                let hit = list.as_deref().unwrap_or_default().iter().any(|v| match v {
+                    Scalar::Text(s) => s == cell,
+                    Scalar::Number(x) => parse_finite(cell) == Some(*x),
+                });
+                if hit {
+                    return Ok(Some(name));
+                }
+            }
+            Err(DataError::BadCell {
+                file: t.path.clone(),
+                line: t.lines[r],
+                column,
+                expected: "a value listed in split.train_values / valid_values / test_values"
+                    .into(),
+                found: cell.to_string(),
+            })
+        }
+    }
+}
+
+/// Stage 4: the rows that pass the filters, with their group, targets and fixed split.
+fn keep_rows(
+    spec: &DatasetSpec,
+    tables: &mut Tables,
+    tasks: &[&TaskSpec],
+) -> Result<KeptRows, DataError> {
+    let sens = &spec.sensitive;
+    let mut group_names: Vec<String> = match (&sens.groups, sens.threshold) {
+        (Some(g), _) => g.iter().map(|g| g.name.clone()).collect(),
+        (None, Some(th)) => sens
+            .threshold_names
+            .clone()
+            .unwrap_or_else(|| vec![format!("lt_{th}"), format!("ge_{th}")]),
+        (None, None) => unreachable!("validated"),
+    };
+    let other_id = group_names.len() as u32;
+    let mut other_used = false;
+    let mut kept: Vec<Kept> = Vec::new();
+    let Tables {
+        tables,
+        caches,
+        partition,
+    } = tables;
+    for (ti, t) in tables.iter().enumerate() {
+        let cache = &mut caches[ti];
+        let filt_cols: Vec<usize> = spec.filters.iter().map(|f| t.col(&f.column)).collect();
+        let sc = t.col(&sens.column);
+        let task_cols: Vec<usize> = tasks.iter().map(|tk| t.col(&tk.column)).collect();
+        let part = if ti == 0 { partition.as_deref() } else { None };
+        'rows: for r in 0..t.n_rows() {
+            for (f, &c) in spec.filters.iter().zip(&filt_cols) {
+                if !eval_pred(t, cache, c, r, f.op, &f.value)? {
+                    continue 'rows;
+                }
+            }
+            let group = match row_group(t, cache, sens, sc, r)? {
+                GroupOf::Group(g) => g,
+                GroupOf::Other => {
+                    other_used = true;
+                    other_id
+                }
+                GroupOf::Drop => continue 'rows,
+            };
+            let mut targets = Vec::with_capacity(tasks.len());
+            for (tk, &c) in tasks.iter().zip(&task_cols) {
+                targets.push(match tk.kind {
+                    TaskKind::Binary => {
+                        let (op, v) = (
+                            tk.op.expect("validated"),
+                            tk.value.as_ref().expect("validated"),
+                        );
+                        f32::from(u8::from(eval_pred(t, cache, c, r, op, v)?))
+                    }
+                    TaskKind::Regression => cache.get(t, c, r)? as f32,
+                });
+            }
+            kept.push(Kept {
+                table: ti,
+                row: r,
+                group,
+                targets,
+                split: fixed_split(spec, ti, t, part, r)?,
+            });
+        }
+    }
+    if other_used {
+        group_names.push(sens.other_name.clone().unwrap_or_else(|| "other".into()));
+    }
+    let rows = KeptRows { kept, group_names };
+    if rows.group_names.len() < 2 {
+        return Err(DataError::InvalidArgument {
+            what: format!("sensitive groups of dataset `{}`", spec.name),
+            expected: "at least two groups (demographic parity compares groups)".into(),
+            found: format!("only [{}]", rows.group_names.join(", ")),
+        });
+    }
+    let mut total = vec![0usize; rows.group_names.len()];
+    rows.kept.iter().for_each(|k| total[k.group as usize] += 1);
+    if let Some(g) = total.iter().position(|&c| c == 0) {
+        return Err(DataError::EmptyGroup {
+            dataset: spec.name.clone(),
+            group: rows.group_names[g].clone(),
+            split: "filtered data".into(),
+            sizes: rows.sizes(&total),
+        });
+    }
+    Ok(rows)
+}
+
+/// Stage 5: the rows without a fixed split, stratified by group and first binary label; then
+/// every group must have rows in every split.
+fn assign_splits(
+    spec: &DatasetSpec,
+    opts: &LoadOptions,
+    tasks: &[&TaskSpec],
+    rows: &mut KeptRows,
+) -> Result<(), DataError> {
+    let split = &spec.split;
+    let strat_key = |k: &Kept| -> u64 {
+        let label = match tasks[0].kind {
+            TaskKind::Binary => k.targets[0] as u64,
+            TaskKind::Regression => 0,
+        };
+        u64::from(k.group) * 2 + label
+    };
+    let free: Vec<usize> = (0..rows.kept.len())
+        .filter(|&i| rows.kept[i].split.is_none())
+        .collect();
+    if !free.is_empty() {
+        let keys: Vec<u64> = free.iter().map(|&i| strat_key(&rows.kept[i])).collect();
+        let (fractions, names): (Vec<f64>, Vec<SplitName>) = match split.kind {
+            SplitKind::Official => {
+                let v = split.valid_fraction.unwrap_or(DEFAULT_VALID_FRACTION);
+                (vec![1.0 - v, v], vec![SplitName::Train, SplitName::Valid])
+            }
+            _ => {
+                let f = opts.split.or(split.fractions).unwrap_or_default();
+                f.validate()?;
+                (vec![f.train, f.valid, f.test], SplitName::ALL.to_vec())
+            }
+        };
+        let assigned = stratified_assign(&keys, &fractions, opts.split_seed);
+        for (j, &i) in free.iter().enumerate() {
+            rows.kept[i].split = Some(names[assigned[j]]);
+        }
+    }
+    let n_groups = rows.group_names.len();
+    for (name, members) in SplitName::ALL.into_iter().zip(rows.by_split()) {
+        let mut c = vec![0usize; n_groups];
+        members
+            .iter()
+            .for_each(|&i| c[rows.kept[i].group as usize] += 1);
+        if let Some(g) = c.iter().position(|&x| x == 0) {
+            return Err(DataError::EmptyGroup {
+                dataset: spec.name.clone(),
+                group: rows.group_names[g].clone(),
+                split: name.name().into(),
+                sizes: rows.sizes(&c),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Stage 6: standardisation statistics and category lists from the train rows.
+fn fit_preprocessing(
+    tables: &mut Tables,
+    rows: &KeptRows,
+    inputs: &InputColumns,
+) -> Result<Preprocessing, DataError> {
+    let train_rows = &rows.by_split()[SplitName::Train as usize];
+    let mut numeric = Vec::with_capacity(inputs.numeric.len());
+    for c in &inputs.numeric {
+        let mut values = Vec::with_capacity(train_rows.len());
+        for &i in train_rows {
+            let k = &rows.kept[i];
+            values.push(tables.number(k.table, c, k.row)?);
+        }
+        // Two passes, the first shifted by the first value: a constant column gets its exact
+        // value as mean and variance 0, and a large common offset does not cancel the spread.
+        let n = values.len() as f64;
+        let shift = values.first().copied().unwrap_or(0.0);
+        let mean = shift + values.iter().map(|v| v - shift).sum::<f64>() / n;
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+        let std = if var > 1e-24 { var.sqrt() } else { 1.0 };
+        numeric.push(NumericStats {
+            column: c.clone(),
+            mean,
+            std,
+        });
+    }
+    let mut categorical = Vec::with_capacity(inputs.categorical.len());
+    for c in &inputs.categorical {
+        let tables = &tables.tables;
+        let cols: Vec<usize> = tables.iter().map(|t| t.col(c)).collect();
+        let mut flags: Vec<Vec<bool>> = tables
+            .iter()
+            .zip(&cols)
+            .map(|(t, &col)| vec![false; t.dicts[col].dict.len()])
+            .collect();
+        let mut seen: Vec<&str> = Vec::new();
+        for &i in train_rows {
+            let k = &rows.kept[i];
+            let t = &tables[k.table];
+            let col = cols[k.table];
+            let code = t.codes[col][k.row] as usize;
+            if !flags[k.table][code] {
+                flags[k.table][code] = true;
+                seen.push(&t.dicts[col].dict[code]);
+            }
+        }
+        let mut categories: Vec<String> = seen.iter().map(|s| s.to_string()).collect();
+        categories.sort();
+        categories.dedup();
+        categorical.push(CategoryLevels {
+            column: c.clone(),
+            categories,
+        });
+    }
+    Ok(Preprocessing {
+        numeric,
+        categorical,
+    })
+}
+
+/// Stage 7: what the features, groups and targets mean.
+fn build_schema(
+    spec: &DatasetSpec,
+    opts: &LoadOptions,
+    tasks: &[&TaskSpec],
+    inputs: &InputColumns,
+    preprocessing: &Preprocessing,
+    group_names: &[String],
+) -> Schema {
+    let mut columns = Vec::new();
+    let mut features = Vec::new();
+    for c in &inputs.numeric {
+        columns.push(InputColumn {
+            column: c.clone(),
+            kind: ColumnKind::Numeric,
+            categories: Vec::new(),
+        });
+        features.push(c.clone());
+    }
+    for c in &inputs.categorical {
+        let categories = preprocessing
+            .categorical
+            .iter()
+            .find(|l| &l.column == c)
+            .map(|l| l.categories.clone())
+            .unwrap_or_default();
+        features.extend(categories.iter().map(|v| format!("{c}={v}")));
+        columns.push(InputColumn {
+            column: c.clone(),
+            kind: ColumnKind::Categorical,
+            categories,
+        });
+    }
+    Schema {
+        dataset: spec.name.clone(),
+        features,
+        inputs: columns,
+        sensitive_column: spec.sensitive.column.clone(),
+        groups: group_names.to_vec(),
+        tasks: tasks
+            .iter()
+            .map(|t| TaskInfo {
+                name: t.name.clone(),
+                column: t.column.clone(),
+                kind: t.kind,
+            })
+            .collect(),
+        aware: opts.aware,
+    }
+}
+
+/// Stage 8: the encoded splits (standardised numbers, one-hot blocks).
+fn encode_splits(
+    tables: &mut Tables,
+    rows: &KeptRows,
     schema: &Schema,
     preprocessing: &Preprocessing,
-) -> Result<Dataset, DataError> {
-    load_impl(spec, opts, Some((schema, preprocessing)), true)
+) -> Result<[Split; 3], DataError> {
+    let enc = Encoder::new(schema, preprocessing)?;
+    let d = schema.features.len();
+    let n_tasks = schema.tasks.len();
+    // Per table and one-hot block: the position of each interned value (computed once).
+    let mut onehot: Vec<Vec<Vec<Option<usize>>>> = tables
+        .tables
+        .iter()
+        .map(|t| {
+            enc.cat_maps
+                .iter()
+                .map(|(c, _)| vec![None; t.dicts[t.col(c)].dict.len()])
+                .collect()
+        })
+        .collect();
+    let cat_cols: Vec<Vec<usize>> = tables
+        .tables
+        .iter()
+        .map(|t| enc.cat_maps.iter().map(|(c, _)| t.col(c)).collect())
+        .collect();
+    let mut splits = Vec::with_capacity(3);
+    for members in rows.by_split() {
+        let n = members.len();
+        let mut x = vec![0f32; n * d];
+        for (j, &i) in members.iter().enumerate() {
+            let k = &rows.kept[i];
+            let out = &mut x[j * d..(j + 1) * d];
+            for (f, st) in preprocessing.numeric.iter().enumerate() {
+                let v = tables.number(k.table, &st.column, k.row)?;
+                out[f] = ((v - st.mean) / st.std) as f32;
+            }
+            let t = &tables.tables[k.table];
+            for (b, (_, map)) in enc.cat_maps.iter().enumerate() {
+                let col = cat_cols[k.table][b];
+                let code = t.codes[col][k.row] as usize;
+                let slot = onehot[k.table][b][code].get_or_insert_with(|| {
+                    map.get(t.dicts[col].dict[code].as_str())
+                        .copied()
+                        .unwrap_or(usize::MAX)
+                });
+                if *slot != usize::MAX {
+                    out[enc.offsets[b] + *slot] = 1.0;
+                }
+            }
+        }
+        let targets = (0..n_tasks)
+            .map(|ti| members.iter().map(|&i| rows.kept[i].targets[ti]).collect())
+            .collect();
+        splits.push(Split {
+            x: Matrix::new(x, n, d),
+            groups: members.iter().map(|&i| rows.kept[i].group).collect(),
+            targets,
+        });
+    }
+    let mut splits = splits.into_iter();
+    Ok([
+        splits.next().expect("3 splits"),
+        splits.next().expect("3 splits"),
+        splits.next().expect("3 splits"),
+    ])
 }
 
 pub(crate) fn parse_finite(s: &str) -> Option<f64> {
@@ -437,24 +1140,6 @@ fn eval_pred(
     }
 }
 
-/// Which split a row goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Which {
-    Train = 0,
-    Valid = 1,
-    Test = 2,
-}
-
-const SPLIT_NAMES: [&str; 3] = ["train", "valid", "test"];
-
-struct Kept {
-    table: usize,
-    row: usize,
-    group: u32,
-    targets: Vec<f32>,
-    which: Option<Which>,
-}
-
 fn push_unique(v: &mut Vec<String>, s: &str) {
     if !v.iter().any(|x| x == s) {
         v.push(s.to_string());
@@ -488,563 +1173,6 @@ fn stratified_assign(keys: &[u64], fractions: &[f64], seed: u64) -> Vec<usize> {
         }
     }
     out
-}
-
-/// `saved`: encode with a saved schema and preprocessing; `check_tasks`: its tasks must be the
-/// ones loaded (resuming), else only inputs and groups must match (transfer).
-fn load_impl(
-    spec: &DatasetSpec,
-    opts: &LoadOptions,
-    saved: Option<(&Schema, &Preprocessing)>,
-    check_tasks: bool,
-) -> Result<Dataset, DataError> {
-    spec.validate()?;
-    // Tasks.
-    let tasks: Vec<&TaskSpec> = match &opts.tasks {
-        None => spec.tasks.iter().collect(),
-        Some(names) => {
-            let mut v = Vec::with_capacity(names.len());
-            for n in names {
-                let t = spec.tasks.iter().find(|t| &t.name == n).ok_or_else(|| {
-                    DataError::UnknownTask {
-                        dataset: spec.name.clone(),
-                        task: n.clone(),
-                        available: spec.tasks.iter().map(|t| t.name.clone()).collect(),
-                    }
-                })?;
-                if v.iter().any(|o: &&TaskSpec| o.name == t.name) {
-                    return Err(DataError::InvalidArgument {
-                        what: "task list".into(),
-                        expected: "each task once".into(),
-                        found: format!("`{n}` twice"),
-                    });
-                }
-                v.push(t);
-            }
-            if v.is_empty() {
-                return Err(DataError::InvalidArgument {
-                    what: "task list".into(),
-                    expected: "at least one task".into(),
-                    found: "an empty list".into(),
-                });
-            }
-            v
-        }
-    };
-    // Input columns.
-    let mut excluded: Vec<String> = Vec::new();
-    for name in &opts.held_out {
-        let t =
-            spec.tasks
-                .iter()
-                .find(|t| &t.name == name)
-                .ok_or_else(|| DataError::UnknownTask {
-                    dataset: spec.name.clone(),
-                    task: name.clone(),
-                    available: spec.tasks.iter().map(|t| t.name.clone()).collect(),
-                })?;
-        if tasks.iter().any(|l| l.name == t.name) {
-            return Err(DataError::InvalidArgument {
-                what: "held-out tasks".into(),
-                expected: "tasks that are not also trained on".into(),
-                found: format!("`{name}` in both lists"),
-            });
-        }
-        push_unique(&mut excluded, &t.column);
-    }
-    if !opts.aware {
-        excluded.push(spec.sensitive.column.clone());
-        match spec.inputs.exclude_task_columns {
-            ExcludeTaskColumns::Selected => tasks
-                .iter()
-                .for_each(|t| push_unique(&mut excluded, &t.column)),
-            ExcludeTaskColumns::All => spec
-                .tasks
-                .iter()
-                .for_each(|t| push_unique(&mut excluded, &t.column)),
-        }
-    }
-    let numeric: Vec<String> = spec
-        .inputs
-        .numeric
-        .iter()
-        .filter(|c| !excluded.contains(c))
-        .cloned()
-        .collect();
-    let categorical: Vec<String> = spec
-        .inputs
-        .categorical
-        .iter()
-        .filter(|c| !excluded.contains(c))
-        .cloned()
-        .collect();
-    if numeric.is_empty() && categorical.is_empty() {
-        return Err(DataError::InvalidArgument {
-            what: format!("inputs of dataset `{}`", spec.name),
-            expected: "at least one input column left".into(),
-            found: format!(
-                "none after removing the sensitive and task columns [{}]",
-                excluded.join(", ")
-            ),
-        });
-    }
-    // Needed columns.
-    let mut needed: Vec<String> = Vec::new();
-    numeric
-        .iter()
-        .chain(&categorical)
-        .for_each(|c| push_unique(&mut needed, c));
-    push_unique(&mut needed, &spec.sensitive.column);
-    tasks
-        .iter()
-        .for_each(|t| push_unique(&mut needed, &t.column));
-    spec.filters
-        .iter()
-        .for_each(|f| push_unique(&mut needed, &f.column));
-    let split = &spec.split;
-    if split.kind == SplitKind::Partition {
-        match &split.partition_file {
-            Some(pf) => push_unique(&mut needed, &pf.key),
-            None => push_unique(&mut needed, split.column.as_deref().unwrap_or_default()),
-        }
-    }
-    // Read.
-    let mut tables = vec![read_table(
-        &opts.data_dir.join(&spec.files.train.path),
-        &spec.format,
-        spec.files.train.skip_lines,
-        &needed,
-    )?];
-    if let Some(t) = &spec.files.test {
-        tables.push(read_table(
-            &opts.data_dir.join(&t.path),
-            &spec.format,
-            t.skip_lines,
-            &needed,
-        )?);
-    }
-    let mut caches: Vec<NumCache> = tables.iter().map(NumCache::new).collect();
-    // Partition values per row of the main table.
-    let partition: Option<Vec<String>> = match (split.kind, &split.partition_file) {
-        (SplitKind::Partition, Some(pf)) => {
-            let col = split.column.as_deref().unwrap_or_default();
-            let pt = read_partition(&opts.data_dir.join(&pf.path), &pf.columns, &pf.key, col)?;
-            let mut map: HashMap<&str, &str> = HashMap::with_capacity(pt.n_rows());
-            for r in 0..pt.n_rows() {
-                map.insert(pt.cell(0, r), pt.cell(1, r));
-            }
-            let t = &tables[0];
-            let kc = t.col(&pf.key);
-            let mut v = Vec::with_capacity(t.n_rows());
-            for r in 0..t.n_rows() {
-                let k = t.cell(kc, r);
-                let p = map.get(k).ok_or_else(|| DataError::BadCell {
-                    file: t.path.clone(),
-                    line: t.lines[r],
-                    column: pf.key.clone(),
-                    expected: format!("a key listed in `{}`", pt.path.display()),
-                    found: k.to_string(),
-                })?;
-                v.push((*p).to_string());
-            }
-            Some(v)
-        }
-        _ => None,
-    };
-    // Groups.
-    let sens = &spec.sensitive;
-    let mut group_names: Vec<String> = match (&sens.groups, sens.threshold) {
-        (Some(g), _) => g.iter().map(|g| g.name.clone()).collect(),
-        (None, Some(th)) => sens
-            .threshold_names
-            .clone()
-            .unwrap_or_else(|| vec![format!("lt_{th}"), format!("ge_{th}")]),
-        (None, None) => unreachable!("validated"),
-    };
-    let other_id = group_names.len() as u32;
-    let mut other_used = false;
-    // Filter, group, targets.
-    let mut kept: Vec<Kept> = Vec::new();
-    for (ti, t) in tables.iter().enumerate() {
-        let cache = &mut caches[ti];
-        let filt_cols: Vec<usize> = spec.filters.iter().map(|f| t.col(&f.column)).collect();
-        let sc = t.col(&sens.column);
-        let task_cols: Vec<usize> = tasks.iter().map(|tk| t.col(&tk.column)).collect();
-        'rows: for r in 0..t.n_rows() {
-            for (f, &c) in spec.filters.iter().zip(&filt_cols) {
-                if !eval_pred(t, cache, c, r, f.op, &f.value)? {
-                    continue 'rows;
-                }
-            }
-            let group = if let Some(th) = sens.threshold {
-                u32::from(cache.get(t, sc, r)? >= th)
-            } else {
-                let mut found = None;
-                for (gi, g) in sens
-                    .groups
-                    .as_deref()
-                    .unwrap_or_default()
-                    .iter()
-                    .enumerate()
-                {
-                    for v in &g.values {
-                        if scalar_matches(t, cache, sc, r, v)? {
-                            found = Some(gi as u32);
-                            break;
-                        }
-                    }
-                    if found.is_some() {
-                        break;
-                    }
-                }
-                match (found, sens.unmatched) {
-                    (Some(g), _) => g,
-                    (None, Unmatched::Drop) => continue 'rows,
-                    (None, Unmatched::Other) => {
-                        other_used = true;
-                        other_id
-                    }
-                    (None, Unmatched::Error) => {
-                        let listed: Vec<String> = sens
-                            .groups
-                            .as_deref()
-                            .unwrap_or_default()
-                            .iter()
-                            .flat_map(|g| g.values.iter().map(|v| v.to_string()))
-                            .collect();
-                        return Err(DataError::BadCell {
-                            file: t.path.clone(),
-                            line: t.lines[r],
-                            column: sens.column.clone(),
-                            expected: format!(
-                                "one of the sensitive values [{}] (or set sensitive.unmatched)",
-                                listed.join(", ")
-                            ),
-                            found: t.cell(sc, r).to_string(),
-                        });
-                    }
-                }
-            };
-            let mut targets = Vec::with_capacity(tasks.len());
-            for (tk, &c) in tasks.iter().zip(&task_cols) {
-                targets.push(match tk.kind {
-                    TaskKind::Binary => {
-                        let (op, v) = (
-                            tk.op.expect("validated"),
-                            tk.value.as_ref().expect("validated"),
-                        );
-                        if eval_pred(t, cache, c, r, op, v)? {
-                            1.0
-                        } else {
-                            0.0
-                        }
-                    }
-                    TaskKind::Regression => cache.get(t, c, r)? as f32,
-                });
-            }
-            let which = if split.kind == SplitKind::Official && ti == 1 {
-                Some(Which::Test)
-            } else if split.kind == SplitKind::Partition {
-                let (cell, line, column, file) = match &partition {
-                    Some(p) => (
-                        p[r].as_str(),
-                        t.lines[r],
-                        split.column.clone().unwrap_or_default(),
-                        t.path.clone(),
-                    ),
-                    None => {
-                        let c = t.col(split.column.as_deref().unwrap_or_default());
-                        (
-                            t.cell(c, r),
-                            t.lines[r],
-                            t.columns[c].clone(),
-                            t.path.clone(),
-                        )
-                    }
-                };
-                let lists = [&split.train_values, &split.valid_values, &split.test_values];
-                let mut w = None;
-                for (k, l) in lists.iter().enumerate() {
-                    let hit = l.as_deref().unwrap_or_default().iter().any(|v| match v {
-                        Scalar::Text(s) => s == cell,
-                        Scalar::Number(x) => parse_finite(cell) == Some(*x),
-                    });
-                    if hit {
-                        w = Some([Which::Train, Which::Valid, Which::Test][k]);
-                        break;
-                    }
-                }
-                Some(w.ok_or_else(|| DataError::BadCell {
-                    file,
-                    line,
-                    column,
-                    expected:
-                        "a value listed in split.train_values / valid_values / test_values".into(),
-                    found: cell.to_string(),
-                })?)
-            } else {
-                None
-            };
-            kept.push(Kept {
-                table: ti,
-                row: r,
-                group,
-                targets,
-                which,
-            });
-        }
-    }
-    if other_used {
-        group_names.push(sens.other_name.clone().unwrap_or_else(|| "other".into()));
-    }
-    let n_groups = group_names.len();
-    let sizes_of = |counts: &[usize]| -> String {
-        group_names
-            .iter()
-            .zip(counts)
-            .map(|(g, c)| format!("{g}: {c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut total = vec![0usize; n_groups];
-    kept.iter().for_each(|k| total[k.group as usize] += 1);
-    if let Some(g) = total.iter().position(|&c| c == 0) {
-        return Err(DataError::EmptyGroup {
-            dataset: spec.name.clone(),
-            group: group_names[g].clone(),
-            split: "filtered data".into(),
-            sizes: sizes_of(&total),
-        });
-    }
-    // Split assignment of rows without one.
-    let strat_key = |k: &Kept| -> u64 {
-        let label = match tasks[0].kind {
-            TaskKind::Binary => k.targets[0] as u64,
-            TaskKind::Regression => 0,
-        };
-        u64::from(k.group) * 2 + label
-    };
-    let free: Vec<usize> = (0..kept.len())
-        .filter(|&i| kept[i].which.is_none())
-        .collect();
-    if !free.is_empty() {
-        let keys: Vec<u64> = free.iter().map(|&i| strat_key(&kept[i])).collect();
-        let (fr, ws): (Vec<f64>, Vec<Which>) = match split.kind {
-            SplitKind::Official => {
-                let v = split.valid_fraction.unwrap_or(DEFAULT_VALID_FRACTION);
-                (vec![1.0 - v, v], vec![Which::Train, Which::Valid])
-            }
-            _ => {
-                let f = opts.split.or(split.fractions).unwrap_or_default();
-                f.validate()?;
-                (
-                    vec![f.train, f.valid, f.test],
-                    vec![Which::Train, Which::Valid, Which::Test],
-                )
-            }
-        };
-        let a = stratified_assign(&keys, &fr, opts.split_seed);
-        for (j, &i) in free.iter().enumerate() {
-            kept[i].which = Some(ws[a[j]]);
-        }
-    }
-    let mut split_rows: [Vec<usize>; 3] = Default::default();
-    for (i, k) in kept.iter().enumerate() {
-        split_rows[k.which.expect("assigned") as usize].push(i);
-    }
-    for (s, rows) in split_rows.iter().enumerate() {
-        let mut c = vec![0usize; n_groups];
-        rows.iter().for_each(|&i| c[kept[i].group as usize] += 1);
-        if let Some(g) = c.iter().position(|&x| x == 0) {
-            return Err(DataError::EmptyGroup {
-                dataset: spec.name.clone(),
-                group: group_names[g].clone(),
-                split: SPLIT_NAMES[s].into(),
-                sizes: sizes_of(&c),
-            });
-        }
-    }
-    // Fit or take the preprocessing.
-    let train_rows = &split_rows[0];
-    let preprocessing = match saved {
-        Some((_, p)) => p.clone(),
-        None => {
-            let mut num = Vec::new();
-            for c in &numeric {
-                let (mut s, mut s2) = (0.0f64, 0.0f64);
-                let cols: Vec<usize> = tables.iter().map(|t| t.col(c)).collect();
-                for &i in train_rows {
-                    let k = &kept[i];
-                    let t = &tables[k.table];
-                    let v = caches[k.table].get(t, cols[k.table], k.row)?;
-                    s += v;
-                    s2 += v * v;
-                }
-                let n = train_rows.len() as f64;
-                let mean = s / n;
-                let var = (s2 / n - mean * mean).max(0.0);
-                let std = if var > 1e-24 { var.sqrt() } else { 1.0 };
-                num.push(NumericStats {
-                    column: c.clone(),
-                    mean,
-                    std,
-                });
-            }
-            let mut cat = Vec::new();
-            for c in &categorical {
-                let mut seen: Vec<&str> = Vec::new();
-                let mut flags: Vec<Vec<bool>> = tables
-                    .iter()
-                    .map(|t| vec![false; t.dicts[t.col(c)].dict.len()])
-                    .collect();
-                let cols: Vec<usize> = tables.iter().map(|t| t.col(c)).collect();
-                for &i in train_rows {
-                    let k = &kept[i];
-                    let t = &tables[k.table];
-                    let col = cols[k.table];
-                    let code = t.codes[col][k.row] as usize;
-                    if !flags[k.table][code] {
-                        flags[k.table][code] = true;
-                        seen.push(&t.dicts[col].dict[code]);
-                    }
-                }
-                let mut cats: Vec<String> = seen.iter().map(|s| s.to_string()).collect();
-                cats.sort();
-                cats.dedup();
-                cat.push(CategoryLevels {
-                    column: c.clone(),
-                    categories: cats,
-                });
-            }
-            Preprocessing {
-                numeric: num,
-                categorical: cat,
-            }
-        }
-    };
-    // Schema.
-    let mut inputs = Vec::new();
-    let mut features = Vec::new();
-    for c in &numeric {
-        inputs.push(InputColumn {
-            column: c.clone(),
-            kind: ColumnKind::Numeric,
-            categories: Vec::new(),
-        });
-        features.push(c.clone());
-    }
-    for c in &categorical {
-        let cats = preprocessing
-            .categorical
-            .iter()
-            .find(|l| &l.column == c)
-            .map(|l| l.categories.clone())
-            .unwrap_or_default();
-        features.extend(cats.iter().map(|v| format!("{c}={v}")));
-        inputs.push(InputColumn {
-            column: c.clone(),
-            kind: ColumnKind::Categorical,
-            categories: cats,
-        });
-    }
-    let schema = Schema {
-        dataset: spec.name.clone(),
-        features,
-        inputs,
-        sensitive_column: sens.column.clone(),
-        groups: group_names.clone(),
-        tasks: tasks
-            .iter()
-            .map(|t| TaskInfo {
-                name: t.name.clone(),
-                column: t.column.clone(),
-                kind: t.kind,
-            })
-            .collect(),
-        aware: opts.aware,
-    };
-    if let Some((s, p)) = saved {
-        check_schema(s, &schema, !check_tasks)?;
-        check_preprocessing(s, p)?;
-    }
-    // Encode.
-    let enc = Encoder::new(&schema, &preprocessing)?;
-    let d = schema.features.len();
-    let mut splits: Vec<Split> = Vec::with_capacity(3);
-    let mut onehot: Vec<Vec<Vec<Option<usize>>>> = tables
-        .iter()
-        .map(|t| {
-            enc.cat_maps
-                .iter()
-                .map(|(c, _)| vec![None; t.dicts[t.col(c)].dict.len()])
-                .collect()
-        })
-        .collect();
-    // Column index of every numeric / categorical input in every table.
-    let num_cols: Vec<Vec<usize>> = tables
-        .iter()
-        .map(|t| {
-            preprocessing
-                .numeric
-                .iter()
-                .map(|st| t.col(&st.column))
-                .collect()
-        })
-        .collect();
-    let cat_cols: Vec<Vec<usize>> = tables
-        .iter()
-        .map(|t| enc.cat_maps.iter().map(|(c, _)| t.col(c)).collect())
-        .collect();
-    for rows in &split_rows {
-        let n = rows.len();
-        let mut x = vec![0f32; n * d];
-        for (j, &i) in rows.iter().enumerate() {
-            let k = &kept[i];
-            let t = &tables[k.table];
-            let out = &mut x[j * d..(j + 1) * d];
-            for (f, st) in preprocessing.numeric.iter().enumerate() {
-                let v = caches[k.table].get(t, num_cols[k.table][f], k.row)?;
-                out[f] = ((v - st.mean) / st.std) as f32;
-            }
-            for (b, (_, map)) in enc.cat_maps.iter().enumerate() {
-                let col = cat_cols[k.table][b];
-                let code = t.codes[col][k.row] as usize;
-                let slot = &mut onehot[k.table][b][code];
-                if slot.is_none() {
-                    *slot = Some(
-                        map.get(t.dicts[col].dict[code].as_str())
-                            .copied()
-                            .unwrap_or(usize::MAX),
-                    );
-                }
-                let pos = slot.expect("just set");
-                if pos != usize::MAX {
-                    out[enc.offsets[b] + pos] = 1.0;
-                }
-            }
-        }
-        let targets = (0..tasks.len())
-            .map(|ti| rows.iter().map(|&i| kept[i].targets[ti]).collect())
-            .collect();
-        splits.push(Split {
-            x,
-            n,
-            d,
-            groups: rows.iter().map(|&i| kept[i].group).collect(),
-            targets,
-        });
-    }
-    let test = splits.pop().expect("3 splits");
-    let valid = splits.pop().expect("3 splits");
-    let train = splits.pop().expect("3 splits");
-    Ok(Dataset {
-        name: spec.name.clone(),
-        schema,
-        preprocessing,
-        train,
-        valid,
-        test,
-    })
 }
 
 fn mismatch(what: &str, e: impl std::fmt::Debug, f: impl std::fmt::Debug) -> DataError {
@@ -1233,7 +1361,55 @@ mod tests {
     }
 
     #[test]
+    fn standardisation_survives_a_large_offset_and_constant_columns() {
+        // The naive E[x^2] - E[x]^2 loses the variance of a column offset by 1e9.
+        let dir = std::env::temp_dir().join(format!("fairrep-load-std-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut csv = String::from("a,c,s,y\n");
+        for i in 0..200 {
+            let a = 1e9 + (i % 7) as f64 - 3.0;
+            csv += &format!("{a},1e30,{},{}\n", i % 2, (i / 2) % 2);
+        }
+        std::fs::write(dir.join("t.csv"), csv).unwrap();
+        let spec = crate::spec::parse_spec(
+            "name = \"t\"\n[files]\ntrain = { path = \"t.csv\" }\n[inputs]\nnumeric = \
+             [\"a\", \"c\"]\n[sensitive]\ncolumn = \"s\"\nthreshold = 1\n[[tasks]]\nname = \
+             \"y\"\ncolumn = \"y\"\nop = \"==\"\nvalue = 1\n[split]\nkind = \"random\"\n",
+            &dir.join("t.toml"),
+        )
+        .unwrap();
+        let opts = LoadOptions {
+            data_dir: dir.clone(),
+            ..LoadOptions::default()
+        };
+        let ds = load(&spec, &opts, Encoding::Fit).unwrap();
+        let a = &ds.preprocessing.numeric[0];
+        let train: Vec<f64> = (0..ds.train.len())
+            .map(|i| f64::from(ds.train.x.row(i)[0]))
+            .collect();
+        // (i % 7) - 3 has population std 2 over whole cycles; the train rows are close to it.
+        assert!((a.std - 2.0).abs() < 0.1, "{a:?}");
+        let mean = train.iter().sum::<f64>() / train.len() as f64;
+        let sd = (train.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / train.len() as f64)
+            .sqrt();
+        assert!(mean.abs() < 1e-6 && (sd - 1.0).abs() < 1e-6, "{mean} {sd}");
+        // The constant 1e30 column is centred to exactly 0 with std 1.
+        let c = &ds.preprocessing.numeric[1];
+        assert_eq!(c.std, 1.0);
+        assert!((0..ds.train.len()).all(|i| ds.train.x.row(i)[1] == 0.0));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn split_names_parse_and_print() {
+        assert_eq!("valid".parse::<SplitName>().unwrap(), SplitName::Valid);
+        assert_eq!(SplitName::Test.to_string(), "test");
+        assert!("dev".parse::<SplitName>().unwrap_err().to_string().contains("`dev`"));
+    }
+
+    #[test]
     fn split_fractions_validate() {
+        use crate::spec::SplitFractions;
         assert!(SplitFractions::default().validate().is_ok());
         let bad = SplitFractions {
             train: 0.8,

@@ -89,7 +89,48 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::DataError;
-use crate::load::SplitFractions;
+
+/// Fractions of a random split; positive and summing to 1 (within 1e-6).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitFractions {
+    /// Train fraction.
+    pub train: f64,
+    /// Validation fraction.
+    pub valid: f64,
+    /// Test fraction.
+    pub test: f64,
+}
+
+impl Default for SplitFractions {
+    /// 0.7 / 0.15 / 0.15.
+    fn default() -> Self {
+        Self {
+            train: 0.7,
+            valid: 0.15,
+            test: 0.15,
+        }
+    }
+}
+
+impl SplitFractions {
+    /// Checks that all fractions are positive and sum to 1.
+    pub fn validate(&self) -> Result<(), DataError> {
+        let ok = [self.train, self.valid, self.test]
+            .iter()
+            .all(|f| f.is_finite() && *f > 0.0)
+            && ((self.train + self.valid + self.test) - 1.0).abs() < 1e-6;
+        if ok {
+            Ok(())
+        } else {
+            Err(DataError::InvalidArgument {
+                what: "split fractions".into(),
+                expected: "train, valid, test > 0 summing to 1".into(),
+                found: format!("{} / {} / {}", self.train, self.valid, self.test),
+            })
+        }
+    }
+}
 
 /// A parsed dataset spec. See the module documentation for the file format.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -534,11 +575,17 @@ impl DatasetSpec {
                 "none",
             ));
         }
-        for (i, c) in self.inputs.numeric.iter().enumerate() {
-            if self.inputs.categorical.contains(c) || self.inputs.numeric[..i].contains(c) {
+        let listed: Vec<&String> = self
+            .inputs
+            .numeric
+            .iter()
+            .chain(&self.inputs.categorical)
+            .collect();
+        for (i, c) in listed.iter().enumerate() {
+            if listed[..i].contains(c) {
                 return Err(self.invalid(
                     "inputs",
-                    "each column listed once",
+                    "each column listed once in numeric and categorical together",
                     format!("`{c}` twice"),
                 ));
             }
@@ -549,8 +596,13 @@ impl DatasetSpec {
         let s = &self.sensitive;
         match (&s.groups, s.threshold) {
             (Some(g), None) => {
-                if g.is_empty() {
-                    return Err(self.invalid("sensitive.groups", "at least one group", "[]"));
+                let other = usize::from(s.unmatched == Unmatched::Other);
+                if g.len() + other < 2 {
+                    return Err(self.invalid(
+                        "sensitive.groups",
+                        "at least two groups (or one with unmatched = \"other\")",
+                        format!("{} group(s)", g.len()),
+                    ));
                 }
                 for (i, gi) in g.iter().enumerate() {
                     if g[..i].iter().any(|o| o.name == gi.name) {

@@ -21,6 +21,7 @@ use crate::error::DataError;
 use crate::load::{
     ColumnKind, Dataset, InputColumn, NumericStats, Preprocessing, Schema, Split, TaskInfo,
 };
+use crate::matrix::Matrix;
 use crate::spec::TaskKind;
 
 /// Synthetic dataset parameters; every key has a default (`#[serde(default)]`).
@@ -168,9 +169,7 @@ pub fn synthetic(cfg: &SyntheticConfig, seed: u64) -> Dataset {
         (
             x,
             Split {
-                x: Vec::new(),
-                n,
-                d,
+                x: Matrix::new(vec![0.0; n * d], n, d),
                 groups,
                 targets,
             },
@@ -185,9 +184,10 @@ pub fn synthetic(cfg: &SyntheticConfig, seed: u64) -> Dataset {
     let (xt, st) = &parts[0];
     let numeric: Vec<NumericStats> = (0..d)
         .map(|j| {
-            let n = st.n as f64;
-            let mean = (0..st.n).map(|i| xt[i * d + j]).sum::<f64>() / n;
-            let var = (0..st.n)
+            let rows = st.len();
+            let n = rows as f64;
+            let mean = (0..rows).map(|i| xt[i * d + j]).sum::<f64>() / n;
+            let var = (0..rows)
                 .map(|i| (xt[i * d + j] - mean).powi(2))
                 .sum::<f64>()
                 / n;
@@ -199,7 +199,7 @@ pub fn synthetic(cfg: &SyntheticConfig, seed: u64) -> Dataset {
         })
         .collect();
     let mut splits = parts.into_iter().map(|(x, mut s)| {
-        s.x = x
+        s.x.values = x
             .iter()
             .enumerate()
             .map(|(i, v)| {
@@ -251,29 +251,29 @@ pub fn synthetic(cfg: &SyntheticConfig, seed: u64) -> Dataset {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::dp_gap;
+    
 
     #[test]
     fn defaults_have_shape_balance_and_a_clear_dp_gap() {
         let ds = synthetic(&SyntheticConfig::default(), 7);
         assert_eq!(
-            (ds.train.n, ds.valid.n, ds.test.n, ds.n_features()),
+            (ds.train.len(), ds.valid.len(), ds.test.len(), ds.n_features()),
             (4000, 1000, 1000, 16)
         );
         assert_eq!(ds.task_names(), vec!["task0", "task1", "task2"]);
         assert_eq!(ds.train.group_counts(2), vec![2000, 2000]);
-        assert!(ds.train.x.iter().all(|v| v.is_finite()));
+        assert!(ds.train.x.values.iter().all(|v| v.is_finite()));
         for t in &ds.train.targets {
             let rate = t.iter().sum::<f32>() / t.len() as f32;
             assert!((0.2..0.8).contains(&rate), "positive rate {rate}");
             // The labels themselves (a perfect classifier) have a large DP gap.
-            let gap = dp_gap(t, &ds.train.groups, 2, 0.5).unwrap();
+            let gap = fairrep_metrics::fairness::dp_gap(t, &ds.train.groups, 2, 0.5).unwrap();
             assert!(gap > 0.15, "label DP gap {gap}");
         }
         // Standardised with train statistics.
         for j in 0..16 {
             let m: f64 = (0..4000)
-                .map(|i| f64::from(ds.train.x[i * 16 + j]))
+                .map(|i| f64::from(ds.train.x.values[i * 16 + j]))
                 .sum::<f64>()
                 / 4000.0;
             assert!(m.abs() < 1e-4, "mean {m}");
@@ -284,7 +284,7 @@ mod tests {
     fn seeded_and_tunable() {
         let cfg = SyntheticConfig::default();
         assert_eq!(synthetic(&cfg, 1), synthetic(&cfg, 1));
-        assert_ne!(synthetic(&cfg, 1).train.x, synthetic(&cfg, 2).train.x);
+        assert_ne!(synthetic(&cfg, 1).train.x.values, synthetic(&cfg, 2).train.x.values);
         let fair = SyntheticConfig {
             group_shift: 0.0,
             label_bias: 0.0,
@@ -292,7 +292,7 @@ mod tests {
         };
         let ds = synthetic(&fair, 3);
         for t in &ds.train.targets {
-            let gap = dp_gap(t, &ds.train.groups, 2, 0.5).unwrap();
+            let gap = fairrep_metrics::fairness::dp_gap(t, &ds.train.groups, 2, 0.5).unwrap();
             assert!(gap < 0.06, "gap without group dependence {gap}");
         }
         let three = SyntheticConfig { n_groups: 3, ..cfg };

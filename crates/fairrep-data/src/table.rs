@@ -43,16 +43,16 @@ pub(crate) struct Table {
 }
 
 impl Table {
-    pub fn n_rows(&self) -> usize {
+    pub(crate) fn n_rows(&self) -> usize {
         self.lines.len()
     }
-    pub fn col(&self, name: &str) -> usize {
+    pub(crate) fn col(&self, name: &str) -> usize {
         self.columns
             .iter()
             .position(|c| c == name)
             .expect("column requested when the table was read")
     }
-    pub fn cell(&self, col: usize, row: usize) -> &str {
+    pub(crate) fn cell(&self, col: usize, row: usize) -> &str {
         &self.dicts[col].dict[self.codes[col][row] as usize]
     }
 }
@@ -120,6 +120,7 @@ pub(crate) fn read_table(
         needed,
         header: fmt.columns.clone(),
         idx: Vec::new(),
+        duplicates: Vec::new(),
         n_fields: 0,
         table: Table {
             path: path.to_path_buf(),
@@ -209,6 +210,10 @@ struct Builder<'a> {
     needed: &'a [String],
     header: Option<Vec<String>>,
     idx: Vec<usize>,
+    /// Needed columns whose name appears more than once in the header: the index into
+    /// `needed` and the other positions. Such a column is used only where every copy holds
+    /// the same value (the ProPublica COMPAS file repeats `priors_count`).
+    duplicates: Vec<(usize, Vec<usize>)>,
     n_fields: usize,
     table: Table,
 }
@@ -218,9 +223,17 @@ impl Builder<'_> {
         let header = self.header.as_ref().expect("header set");
         self.n_fields = header.len();
         self.idx.clear();
-        for n in self.needed {
-            match header.iter().position(|h| h == n) {
-                Some(i) => self.idx.push(i),
+        self.duplicates.clear();
+        for (k, n) in self.needed.iter().enumerate() {
+            let mut positions = header.iter().enumerate().filter(|(_, h)| *h == n);
+            match positions.next() {
+                Some((i, _)) => {
+                    self.idx.push(i);
+                    let more: Vec<usize> = positions.map(|(j, _)| j).collect();
+                    if !more.is_empty() {
+                        self.duplicates.push((k, more));
+                    }
+                }
                 None => {
                     return Err(DataError::MissingColumn {
                         file: self.path.clone(),
@@ -266,6 +279,21 @@ impl Builder<'_> {
                 if self.fmt.missing.iter().any(|m| m == v) {
                     return Ok(());
                 }
+            }
+        }
+        for (k, others) in &self.duplicates {
+            let first = self.clean(fields[self.idx[*k]]);
+            if let Some(&j) = others.iter().find(|&&j| self.clean(fields[j]) != first) {
+                return Err(DataError::BadCell {
+                    file: self.path.clone(),
+                    line,
+                    column: self.needed[*k].clone(),
+                    expected: format!(
+                        "the same value in every column named `{}` (the header repeats it)",
+                        self.needed[*k]
+                    ),
+                    found: format!("`{first}` and `{}`", self.clean(fields[j])),
+                });
             }
         }
         for (k, &i) in self.idx.iter().enumerate() {

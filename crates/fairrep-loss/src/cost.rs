@@ -1,11 +1,13 @@
 //! Squared Euclidean distances and weight helpers shared by the divergences.
 use burn::tensor::Tensor;
 
+use crate::config::LossError;
+
 /// Squared distances `|x_i - y_j|^2`, shape `[n, m]`.
 ///
 /// Both clouds are first translated by the same constant (the mean of `centre_of`, detached),
 /// so the expansion `|x|^2 + |y|^2 - 2 <x, y>` keeps its precision in float32 for clouds far
-/// from the origin (MATH.md, "Numerics"). Tiny negative values from rounding are clamped to 0.
+/// from the origin (docs/MATH.md, "Numerics"). Tiny negative values from rounding are clamped to 0.
 /// Differentiable w.r.t. `x` and `y` (the centre is a constant).
 ///
 /// # Shapes
@@ -31,7 +33,7 @@ pub fn uniform_weights(like: &Tensor<2>) -> Tensor<1> {
 }
 
 /// Log-weights with `log 0` replaced by a large negative constant rather than `-inf`
-/// (MATH.md, "Numerics"), so a zero weight never produces NaN in a log-sum-exp.
+/// (docs/MATH.md, "Numerics"), so a zero weight never produces NaN in a log-sum-exp.
 pub fn log_weights(w: Tensor<1>) -> Tensor<1> {
     let zero = w.clone().lower_equal_elem(0.0);
     w.clamp_min(f64::MIN_POSITIVE)
@@ -41,3 +43,36 @@ pub fn log_weights(w: Tensor<1>) -> Tensor<1> {
 
 /// The stand-in for `log 0`.
 pub const LOG_ZERO: f64 = -1.0e30;
+
+/// Checks weights `w` of a cloud of `n` points: `n` values, each finite and `>= 0`, with a
+/// positive sum (read on the host).
+pub(crate) fn check_weights(which: &'static str, w: &Tensor<1>, n: usize) -> Result<(), LossError> {
+    let len = w.dims()[0];
+    if len != n {
+        return Err(LossError::Shape {
+            what: if which == "a" { "weights a" } else { "weights b" },
+            expected: format!("{n} weights, one per point"),
+            found: format!("{len}"),
+        });
+    }
+    let values: Vec<f64> = w
+        .clone()
+        .inner()
+        .into_data()
+        .try_to_vec_as::<f64>()
+        .expect("float tensor data");
+    if let Some(v) = values.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
+        return Err(LossError::Weights {
+            which,
+            found: v.to_string(),
+        });
+    }
+    let total: f64 = values.iter().sum();
+    if total <= 0.0 {
+        return Err(LossError::Weights {
+            which,
+            found: format!("a sum of {total}"),
+        });
+    }
+    Ok(())
+}

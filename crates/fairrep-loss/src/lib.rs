@@ -1,22 +1,35 @@
 //! Divergences between weighted point clouds on burn tensors, and the fairness penalty built
-//! from them. The repository's `MATH.md` contract defines every formula here.
+//! from them. docs/MATH.md defines every formula here.
 //!
-//! - [`mmd`]: Gaussian-kernel maximum mean discrepancy (biased and unbiased estimators).
-//! - [`sinkhorn`]: the debiased Sinkhorn divergence, log domain, eps-scaling, envelope gradient;
-//!   its solver loop runs on tensor ops, through the fused kernels on a GPU, or in host memory
-//!   on the CPU devices.
-//! - [`penalty`]: the demographic-parity penalty over `G >= 2` groups.
+//! One public API, three implementations behind it:
+//! - [`mmd2`] / [`mmd2_with_bandwidths`]: Gaussian-kernel MMD² (biased and unbiased).
+//! - [`sinkhorn_divergence`] / [`solve_potentials`]: the debiased Sinkhorn divergence, log
+//!   domain, eps-scaling, envelope gradient.
+//! - [`fairness_penalty`]: the demographic-parity penalty over `G >= 2` groups.
 //!
-//! Every function runs on any burn device (Flex, NdArray, wgpu) and in the dtype of its inputs
-//! (float32, or float64 where the device has it).
+//! [`route`] alone decides which implementation runs (its table: host memory on the CPU
+//! devices, fused CubeCL kernels on a GPU, tensor operations otherwise); `solver` holds the
+//! Sinkhorn loop that all three run; [`config`] validates the settings once for every caller.
+//! Every function runs in the dtype of its inputs (float32, or float64 on the CPU devices) and
+//! returns a [`LossError`] instead of panicking, hanging or running out of memory.
 
+pub mod config;
 pub mod cost;
 pub mod fused; // fused GPU kernels (Sinkhorn softmin, MMD kernel sums)
-mod host; // the Sinkhorn loop in host memory on the CPU devices
+mod host; // the divergences in host memory on the CPU devices
+pub mod kernel;
 pub mod mmd;
 pub mod penalty;
+pub mod route;
 pub mod sinkhorn;
+pub mod solver;
+pub mod tensor_ops;
 
-pub use mmd::{Bandwidth, MmdConfig, MmdEstimator, MmdOutput, mmd2, mmd2_with_bandwidths};
+pub use config::{
+    Bandwidth, LossError, MmdConfig, MmdEstimator, SCALING_RANGE, SinkhornConfig,
+};
+pub use kernel::median_heuristic;
+pub use mmd::{MmdOutput, mmd2, mmd2_tensor_ops, mmd2_with_bandwidths};
 pub use penalty::{Divergence, PenaltyOutput, fairness_penalty};
-pub use sinkhorn::{SinkhornConfig, SinkhornOutput, sinkhorn_divergence};
+pub use sinkhorn::{sinkhorn_divergence, sinkhorn_divergence_tensor_ops, solve_potentials};
+pub use solver::{Potentials, SinkhornOutput, SolveOutput, epsilon_schedule};

@@ -178,7 +178,7 @@ fn sinkhorn_with_grads(
         max_iters: 20_000,
         check_every: 10,
     };
-    let out = sinkhorn_divergence(x.clone(), y.clone(), Some(a), Some(b), &config);
+    let out = sinkhorn_divergence(x.clone(), y.clone(), Some(a), Some(b), &config).unwrap();
     let grads = out.value.backward();
     let value = scalar(out.value.inner());
     let gx = to_vec(x.grad(&grads).expect("grad x"));
@@ -282,7 +282,7 @@ fn check_mmd_fixtures(device: &Device, p: Precision) {
                 other => panic!("unknown estimator {other}"),
             },
         };
-        let out = mmd2_with_bandwidths(x.clone(), y, Some(a.clone()), Some(b.clone()), &config);
+        let out = mmd2_with_bandwidths(x.clone(), y, Some(a.clone()), Some(b.clone()), &config).unwrap();
         let grads = out.value.backward();
         let value = scalar(out.value.inner());
         let gx = to_vec(x.grad(&grads).expect("grad x"));
@@ -306,7 +306,7 @@ fn check_mmd_fixtures(device: &Device, p: Precision) {
                     Some(vector(&case.a, &cpu, F64)),
                     Some(vector(&case.b, &cpu, F64)),
                     &config,
-                ))
+                ).unwrap())
             };
             f64_value(&round(&case.x), &round(&case.y)) - f64_value(&case.x, &case.y)
         };
@@ -370,7 +370,7 @@ fn sinkhorn_value(x: &[Vec<f64>], y: &[Vec<f64>], eps: f64, device: &Device, p: 
         None,
         None,
         &config,
-    );
+    ).unwrap();
     assert!(
         out.converged,
         "solve did not converge: {}",
@@ -399,7 +399,7 @@ fn sinkhorn_value_unchecked(
         None,
         None,
         &config,
-    );
+    ).unwrap();
     scalar(out.value)
 }
 
@@ -417,7 +417,7 @@ fn check_finite_differences(device: &Device) {
         max_iters: 20_000,
         check_every: 10,
     };
-    let out = sinkhorn_divergence(xt.clone(), matrix(&y, &ad, p), None, None, &config);
+    let out = sinkhorn_divergence(xt.clone(), matrix(&y, &ad, p), None, None, &config).unwrap();
     let analytic = to_vec(xt.grad(&out.value.backward()).unwrap());
 
     let mmd_config = MmdConfig {
@@ -425,7 +425,7 @@ fn check_finite_differences(device: &Device) {
         estimator: MmdEstimator::Unbiased,
     };
     let xt2 = matrix(&x, &ad, p).require_grad();
-    let mmd = mmd2(xt2.clone(), matrix(&y, &ad, p), None, None, &mmd_config);
+    let mmd = mmd2(xt2.clone(), matrix(&y, &ad, p), None, None, &mmd_config).unwrap();
     let mmd_analytic = to_vec(xt2.grad(&mmd.backward()).unwrap());
 
     let h = 1e-5;
@@ -448,7 +448,7 @@ fn check_finite_differences(device: &Device) {
                     None,
                     None,
                     &mmd_config,
-                ))
+                ).unwrap())
             };
             mmd_numeric.push((m(&xp) - m(&xm)) / (2.0 * h));
         }
@@ -532,7 +532,7 @@ fn check_invariants(device: &Device, p: Precision) {
         None,
         None,
         &config,
-    ));
+    ).unwrap());
     assert!(m_xx.abs() < tol, "MMD2_b(x, x) = {m_xx:e}");
     let m_xy = scalar(mmd2(
         matrix(&x, device, p),
@@ -540,7 +540,7 @@ fn check_invariants(device: &Device, p: Precision) {
         None,
         None,
         &config,
-    ));
+    ).unwrap());
     assert!(m_xy > 0.0, "MMD2_b(x, y) = {m_xy:e}");
 }
 
@@ -567,7 +567,7 @@ fn check_zero_weights(device: &Device, p: Precision) {
         None,
         Some(vector(&b, device, p)),
         &config,
-    );
+    ).unwrap();
     let padded = scalar(out.value);
     assert!(padded.is_finite(), "zero weights gave {padded}");
     let tol = if p.dtype == DType::F64 { 1e-9 } else { 1e-4 };
@@ -593,7 +593,7 @@ fn check_non_convergence_is_reported(device: &Device) {
         None,
         None,
         &config,
-    );
+    ).unwrap();
     assert!(
         !out.converged,
         "3 iterations at eps=1e-3 cannot reach 1e-12"
@@ -704,7 +704,7 @@ device_tests!(flex, Some(Device::flex()), f64 = true);
 #[allow(deprecated)]
 mod ndarray_device {
     use super::*;
-    pub fn get() -> Option<Device> {
+    pub(crate) fn get() -> Option<Device> {
         Some(Device::ndarray())
     }
 }
@@ -719,10 +719,20 @@ mod fused {
     use super::*;
     use fairrep_loss::cost::{LOG_ZERO, squared_distances};
     use fairrep_loss::fused::{
-        FUSED_MIN_PAIRS_GPU, FUSED_MIN_PAIRS_SOFTWARE, fused_kernel_sum, fused_min_pairs,
-        fused_softmin, mmd2_fused, sinkhorn_divergence_fused, use_fused,
+        fused_kernel_sum, fused_softmin, mmd2_fused, sinkhorn_divergence_fused,
     };
-    use fairrep_loss::sinkhorn::softmin;
+    use fairrep_loss::route::{
+        FUSED_MIN_PAIRS_GPU, FUSED_MIN_PAIRS_SOFTWARE, Kind, Path, fused_min_pairs, route,
+    };
+    use fairrep_loss::tensor_ops::softmin;
+
+    /// Whether both divergences between `n` and `m` points of dimension 2 in float32 take the
+    /// fused path on `device`.
+    fn use_fused(device: &Device, n: usize, m: usize) -> bool {
+        [Kind::Sinkhorn, Kind::Mmd]
+            .iter()
+            .all(|&k| route(k, device, DType::F32, [n, m, 2], false) == Ok(Path::Fused))
+    }
 
     /// Relative tolerance on softmin values and kernel sums (to `max(max |want|, 1)`).
     const VALUE_RTOL: f64 = 1e-5;
@@ -982,7 +992,7 @@ mod fused {
                 Some(vector(&a, dev, F64)),
                 None,
                 &sinkhorn_config(1e-6),
-            );
+            ).unwrap();
             assert!(out.converged, "reference solve: {}", out.marginal_error);
             out.value
         });
@@ -993,7 +1003,7 @@ mod fused {
                 Some(vector(&a, dev, F32)),
                 None,
                 &sinkhorn_config(1e-5),
-            );
+            ).unwrap();
             assert!(out.converged, "fused solve: {}", out.marginal_error);
             out.value
         });
@@ -1025,10 +1035,10 @@ mod fused {
             estimator,
         };
         let (v0, gx0, gy0) = value_and_grads(&Device::flex(), F64, &x, &y, &|x, y, dev| {
-            mmd2(x, y, None, Some(vector(&b, dev, F64)), &config)
+            mmd2(x, y, None, Some(vector(&b, dev, F64)), &config).unwrap()
         });
         let (v1, gx1, gy1) = value_and_grads(device, F32, &x, &y, &|x, y, dev| {
-            mmd2_fused(x, y, None, Some(vector(&b, dev, F32)), &config).value
+            mmd2_fused(x, y, None, Some(vector(&b, dev, F32)), &config).unwrap()
         });
         // MMD2 is a difference of O(1) terms: its error is absolute.
         let err = (v1 - v0).abs();
@@ -1062,14 +1072,14 @@ mod fused {
             None,
             None,
             &config,
-        ));
+        ).unwrap());
         let got = scalar(mmd2(
             matrix(&x, device, F32),
             matrix(&y, device, F32),
             None,
             None,
             &config,
-        ));
+        ).unwrap());
         assert!(
             (got - want).abs() < MMD_VALUE_ATOL,
             "mmd2 via the hook: {got} vs {want}"

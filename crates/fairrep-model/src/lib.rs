@@ -12,12 +12,15 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::activation;
 use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 
 /// Slope of the negative part of [`Activation::LeakyRelu`].
 pub const LEAKY_RELU_SLOPE: f64 = 0.01;
 
-/// The non-linearity between hidden layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The non-linearity between hidden layers (`"relu"`, `"gelu"`, `"tanh"`, `"leaky_relu"` in
+/// configuration files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Activation {
     /// `max(x, 0)`.
     #[default]
@@ -72,6 +75,40 @@ pub enum HeadKind {
     },
 }
 
+impl HeadKind {
+    /// `linear` or `mlp`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            HeadKind::Linear => "linear",
+            HeadKind::Mlp { .. } => "mlp",
+        }
+    }
+}
+
+/// The name of a head architecture in configuration files (`"linear"` or `"mlp"`); the hidden
+/// widths of an MLP are given beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadName {
+    /// [`HeadKind::Linear`].
+    #[default]
+    Linear,
+    /// [`HeadKind::Mlp`].
+    Mlp,
+}
+
+impl HeadName {
+    /// The architecture, with `hidden` the widths of an MLP (unused for a linear head).
+    pub fn with_hidden(self, hidden: &[usize]) -> HeadKind {
+        match self {
+            HeadName::Linear => HeadKind::Linear,
+            HeadName::Mlp => HeadKind::Mlp {
+                hidden: hidden.to_vec(),
+            },
+        }
+    }
+}
+
 /// Configuration of one task head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeadConfig {
@@ -101,14 +138,26 @@ pub struct FairModelConfig {
 /// A configuration [`FairModelConfig::validate`] rejects.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ModelConfigError {
+    /// A size is 0.
     #[error("model.{field} must be positive, found 0")]
-    Zero { field: &'static str },
+    Zero {
+        /// Which size.
+        field: &'static str,
+    },
+    /// The dropout probability is outside `[0, 1)`.
     #[error("model.dropout must be in [0, 1), found {0}")]
     Dropout(f64),
+    /// No task head.
     #[error("the model needs at least one head (one per task), found none")]
     NoHeads,
+    /// An MLP head has a zero width.
     #[error("head `{name}`: hidden widths must be positive, found {hidden:?}")]
-    HeadWidth { name: String, hidden: Vec<usize> },
+    HeadWidth {
+        /// The head's task.
+        name: String,
+        /// Its widths.
+        hidden: Vec<usize>,
+    },
 }
 
 impl FairModelConfig {
@@ -187,10 +236,15 @@ impl ModuleVisitor for Materialize {
 /// Configuration of an [`Encoder`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct EncoderConfig {
+    /// Input features.
     pub n_features: usize,
+    /// Hidden widths.
     pub widths: Vec<usize>,
+    /// Size of `z`.
     pub latent: usize,
+    /// Between hidden layers.
     pub activation: Activation,
+    /// After each hidden layer.
     pub dropout: f64,
 }
 
@@ -220,7 +274,9 @@ pub struct Encoder {
     pub hidden: Vec<Linear>,
     /// The last (linear) layer, to the latent space.
     pub out: Linear,
+    /// Dropout after each hidden layer.
     pub dropout: Dropout,
+    /// The non-linearity.
     #[module(skip)]
     pub activation: Activation,
 }
@@ -270,13 +326,17 @@ impl HeadConfig {
 pub struct Head {
     /// Linear layers; the activation is applied between consecutive layers.
     pub layers: Vec<Linear>,
+    /// The non-linearity between layers.
     #[module(skip)]
     pub activation: Activation,
+    /// The task's name.
     #[module(skip)]
     pub name: String,
 }
 
 impl Head {
+    /// The head's output: a logit (binary task) or a prediction (regression task).
+    ///
     /// # Shapes
     /// - `z`: `[n, latent]`
     /// - output: `[n, 1]`
@@ -296,7 +356,9 @@ impl Head {
 /// The encoder and its heads.
 #[derive(Module, Debug)]
 pub struct FairModel {
+    /// The shared encoder.
     pub encoder: Encoder,
+    /// One head per task, in task order.
     pub heads: Vec<Head>,
 }
 

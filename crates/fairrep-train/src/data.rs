@@ -2,7 +2,7 @@
 //! from the data directory.
 use std::path::{Path, PathBuf};
 
-use fairrep_data::{DataError, Dataset, LoadOptions, Preprocessing, Schema};
+use fairrep_data::{DataError, Dataset, Encoding, LoadOptions};
 
 use crate::config::{DataConfig, DatasetSource};
 
@@ -14,32 +14,53 @@ pub const SPECS_DIR_ENV: &str = "FAIRREP_SPECS_DIR";
 /// Why a dataset could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// A spec dataset without a data directory.
     #[error(
         "dataset `{dataset}` needs the data directory: pass --data-dir DIR or set \
          {DATA_DIR_ENV}"
     )]
-    NoDataDir { dataset: String },
+    NoDataDir {
+        /// The dataset.
+        dataset: String,
+    },
+    /// The loader failed.
     #[error("dataset `{dataset}`: {source}")]
     Data {
+        /// The dataset.
         dataset: String,
+        /// The loader's error.
         #[source]
         source: Box<DataError>,
     },
+    /// A task name that is not the dataset's.
     #[error(
         "dataset `{dataset}`: data.tasks names `{task}`, which is not a task of it (tasks: {available})"
     )]
     UnknownTask {
+        /// The dataset.
         dataset: String,
+        /// The name.
         task: String,
+        /// The dataset's tasks.
         available: String,
     },
+    /// A task both trained on and held out.
     #[error(
         "dataset `{dataset}`: task `{task}` is both in data.tasks and in data.held_out_tasks; \
          a held-out task is for transfer only"
     )]
-    HeldOutTrained { dataset: String, task: String },
+    HeldOutTrained {
+        /// The dataset.
+        dataset: String,
+        /// The task.
+        task: String,
+    },
+    /// Every task is held out.
     #[error("dataset `{dataset}`: every task is in data.held_out_tasks; none is left to train on")]
-    NoTaskLeft { dataset: String },
+    NoTaskLeft {
+        /// The dataset.
+        dataset: String,
+    },
 }
 
 /// The folder holding the dataset specs: `$FAIRREP_SPECS_DIR`, else `./datasets` when it
@@ -75,13 +96,7 @@ fn select_tasks(mut dataset: Dataset, tasks: &[String]) -> Result<Dataset, LoadE
         };
         order.push(i);
     }
-    dataset.schema.tasks = order
-        .iter()
-        .map(|&i| dataset.schema.tasks[i].clone())
-        .collect();
-    for split in [&mut dataset.train, &mut dataset.valid, &mut dataset.test] {
-        split.targets = order.iter().map(|&i| split.targets[i].clone()).collect();
-    }
+    dataset.keep_tasks(&order);
     Ok(dataset)
 }
 
@@ -124,18 +139,6 @@ fn training_tasks(
             Some(left)
         }
     })
-}
-
-/// How [`load_dataset`] encodes the data.
-#[derive(Debug, Clone, Copy)]
-pub enum Encoding<'a> {
-    /// Fit the preprocessing on the train split (a new run).
-    Fit,
-    /// A checkpoint's schema and preprocessing; the tasks must be the same (resuming).
-    Resume(&'a Schema, &'a Preprocessing),
-    /// A trained encoder's schema and preprocessing, with other tasks (transfer): inputs and
-    /// groups must match.
-    Transfer(&'a Schema, &'a Preprocessing),
 }
 
 /// Loads the dataset of `cfg`, encoded as `encoding` says; a schema mismatch is an error.
@@ -185,16 +188,7 @@ pub fn load_dataset(
                 split: cfg.split,
                 held_out: cfg.held_out_tasks.clone(),
             };
-            match encoding {
-                Encoding::Fit => fairrep_data::load(&spec, &opts),
-                Encoding::Resume(schema, preprocessing) => {
-                    fairrep_data::load_with_preprocessing(&spec, &opts, schema, preprocessing)
-                }
-                Encoding::Transfer(schema, preprocessing) => {
-                    fairrep_data::load_for_transfer(&spec, &opts, schema, preprocessing)
-                }
-            }
-            .map_err(wrap)
+            fairrep_data::load(&spec, &opts, encoding).map_err(wrap)
         }
     }
 }

@@ -3,7 +3,7 @@ use burn::tensor::{Device, DeviceKind, DeviceType};
 use serde::{Deserialize, Serialize};
 
 /// The device asked for in `run.device` or `--device`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceChoice {
     /// wgpu on a real GPU adapter if there is one, else Flex.
@@ -17,9 +17,51 @@ pub enum DeviceChoice {
     Wgpu,
 }
 
+impl DeviceChoice {
+    /// Every choice, in the order `--help` lists them.
+    pub const ALL: [DeviceChoice; 4] = [Self::Auto, Self::Flex, Self::Ndarray, Self::Wgpu];
+
+    /// The name in configuration files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Flex => "flex",
+            Self::Ndarray => "ndarray",
+            Self::Wgpu => "wgpu",
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = DeviceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| DeviceError::Unknown(s.to_string()))
+    }
+}
+
+/// Why a device cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// Not a device name.
+    #[error("unknown device `{0}`: expected auto, flex, ndarray or wgpu")]
+    Unknown(String),
+    /// `wgpu` was asked for and no adapter answers.
+    #[error(
+        "--device wgpu: no wgpu adapter is available (no GPU driver, and no software Vulkan such \
+         as Mesa's lavapipe: on Debian, `apt-get install mesa-vulkan-drivers`); use --device \
+         flex or auto"
+    )]
+    NoWgpuAdapter,
+}
+
 /// The device in use and why it was picked.
 #[derive(Debug, Clone)]
 pub struct SelectedDevice {
+    /// The device.
     pub device: Device,
     /// Short name: `flex`, `ndarray` or `wgpu`.
     pub kind: &'static str,
@@ -27,27 +69,36 @@ pub struct SelectedDevice {
     pub description: String,
 }
 
+/// The wgpu adapters with their names and whether a physical card is behind them. Opening
+/// the adapters can panic on a machine without any graphics driver; that counts as none.
+fn wgpu_adapters() -> Vec<(Device, String, bool)> {
+    std::panic::catch_unwind(|| {
+        Device::enumerate(DeviceType::Wgpu)
+            .into_iter()
+            .filter_map(|device| {
+                let identity = device.identity()?;
+                let physical = identity.physical.is_some();
+                Some((device, identity.name, physical))
+            })
+            .collect::<Vec<_>>()
+    })
+    .unwrap_or_default()
+}
+
 /// A wgpu adapter that is a real GPU (not a CPU / software adapter), with its name.
 ///
 /// cubecl reports the card behind a device as `identity().physical`, `None` for a software
-/// rasterizer (lavapipe, llvmpipe, WARP) or a CPU adapter. Opening the adapters can panic on a
-/// machine without any graphics driver; that counts as no GPU.
+/// rasterizer (lavapipe, llvmpipe, WARP) or a CPU adapter.
 pub fn find_gpu() -> Option<(Device, String)> {
-    let found = std::panic::catch_unwind(|| {
-        Device::enumerate(DeviceType::Wgpu)
-            .into_iter()
-            .find_map(|device| {
-                let identity = device.identity()?;
-                identity.physical.as_ref()?;
-                Some((device, identity.name))
-            })
-    });
-    found.ok().flatten()
+    wgpu_adapters()
+        .into_iter()
+        .find(|(_, _, physical)| *physical)
+        .map(|(device, name, _)| (device, name))
 }
 
-/// Resolves a [`DeviceChoice`] to a device.
-pub fn select_device(choice: DeviceChoice) -> SelectedDevice {
-    match choice {
+/// Resolves a [`DeviceChoice`] to a device; `wgpu` without any adapter is an error.
+pub fn select_device(choice: DeviceChoice) -> Result<SelectedDevice, DeviceError> {
+    Ok(match choice {
         DeviceChoice::Flex => SelectedDevice {
             device: Device::flex(),
             kind: "flex",
@@ -60,13 +111,12 @@ pub fn select_device(choice: DeviceChoice) -> SelectedDevice {
             description: "ndarray (CPU), as requested".into(),
         },
         DeviceChoice::Wgpu => {
-            let device = Device::wgpu(DeviceKind::DefaultDevice);
-            let name = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device.identity()))
-                .ok()
-                .flatten()
-                .map_or_else(|| "unknown adapter".to_string(), |id| id.name);
+            let adapters = wgpu_adapters();
+            let Some((_, name, _)) = adapters.first() else {
+                return Err(DeviceError::NoWgpuAdapter);
+            };
             SelectedDevice {
-                device,
+                device: Device::wgpu(DeviceKind::DefaultDevice),
                 kind: "wgpu",
                 description: format!("wgpu on {name}, as requested"),
             }
@@ -85,5 +135,18 @@ pub fn select_device(choice: DeviceChoice) -> SelectedDevice {
                     .into(),
             },
         },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for c in DeviceChoice::ALL {
+            assert_eq!(c.name().parse::<DeviceChoice>(), Ok(c));
+        }
+        assert!("cuda".parse::<DeviceChoice>().unwrap_err().to_string().contains("`cuda`"));
     }
 }

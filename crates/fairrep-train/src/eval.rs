@@ -3,14 +3,15 @@
 use std::collections::BTreeMap;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use fairrep_data::metrics::{self, MetricError};
 use fairrep_data::spec::TaskKind;
-use fairrep_data::{Schema, Split, StratifiedBatches};
-use fairrep_loss::fairness_penalty;
+use fairrep_data::{DataError, Schema, Split, stratified_subsample};
+use fairrep_loss::{LossError, fairness_penalty};
+use fairrep_metrics::fairness::{self as metrics, MetricError};
 use fairrep_model::FairModel;
 use serde::{Deserialize, Serialize};
 
 use crate::config::PenaltyConfig;
+use crate::losses::bce_with_logits_host;
 
 /// Rows per forward pass during evaluation.
 const EVAL_CHUNK: usize = 8192;
@@ -42,11 +43,17 @@ pub struct TaskEval {
 /// The penalty measured on a (subsampled) split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PenaltyEval {
+    /// The penalty.
     pub value: f64,
+    /// Rows of the (group-stratified) subsample it was measured on.
     pub n_points: usize,
+    /// Whether every Sinkhorn solve converged (true for MMD).
     pub converged: bool,
+    /// The largest iteration count.
     pub n_iters: usize,
+    /// The largest marginal error.
     pub marginal_error: f64,
+    /// Groups absent from the subsample.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub missing_groups: Vec<usize>,
 }
@@ -56,7 +63,9 @@ pub struct PenaltyEval {
 pub struct SplitEval {
     /// Mean over tasks of the task losses.
     pub task_loss: f64,
+    /// Per-task metrics.
     pub tasks: BTreeMap<String, TaskEval>,
+    /// The penalty between the groups' representations (absent without a penalty).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub penalty: Option<PenaltyEval>,
 }
@@ -71,24 +80,50 @@ impl SplitEval {
 /// An evaluation that could not be computed.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
+    /// A metric is undefined.
     #[error("{split} split, task `{task}`: {source}")]
     Metric {
+        /// The split.
         split: String,
+        /// The task.
         task: String,
+        /// Why.
         #[source]
         source: MetricError,
     },
+    /// The model's outputs are not finite.
     #[error(
         "{split} split: the model outputs non-finite values (training diverged?); try a lower \
          optim.lr or penalty.lambda"
     )]
-    NonFinite { split: String },
+    NonFinite {
+        /// The split.
+        split: String,
+    },
+    /// The penalty's subsample cannot be drawn.
+    #[error("{split} split: cannot subsample for the penalty: {source}")]
+    Subsample {
+        /// The split.
+        split: String,
+        /// Why.
+        #[source]
+        source: DataError,
+    },
+    /// The penalty cannot be computed.
+    #[error("{split} split: the penalty: {source}")]
+    Penalty {
+        /// The split.
+        split: String,
+        /// Why.
+        #[source]
+        source: LossError,
+    },
 }
 
-/// A `[rows, d]` tensor of the rows `idx` of a split (all rows when `None`).
+/// A `[rows, d]` tensor of the rows `range` of a split.
 pub fn rows_tensor(split: &Split, range: std::ops::Range<usize>, device: &Device) -> Tensor<2> {
-    let d = split.d;
-    let values = split.x[range.start * d..range.end * d].to_vec();
+    let d = split.x.cols;
+    let values = split.x.slice_rows(range.clone()).to_vec();
     Tensor::from_data(TensorData::new(values, [range.len(), d]), device)
 }
 
@@ -102,38 +137,8 @@ fn to_vec(t: Tensor<2>) -> Vec<f32> {
     t.try_into_vec_as::<f32>().expect("float tensor data")
 }
 
-/// Numerically stable `mean_i max(l, 0) - l y + log(1 + exp(-|l|))` on the host.
-pub fn bce_with_logits_host(logits: &[f32], targets: &[f32]) -> f64 {
-    let sum: f64 = logits
-        .iter()
-        .zip(targets)
-        .map(|(&l, &y)| {
-            let (l, y) = (f64::from(l), f64::from(y));
-            l.max(0.0) - l * y + (-l.abs()).exp().ln_1p()
-        })
-        .sum();
-    sum / logits.len().max(1) as f64
-}
-
 fn sigmoid(x: f32) -> f64 {
     1.0 / (1.0 + (-f64::from(x)).exp())
-}
-
-/// A group-stratified subsample of at most `max` rows (every group represented), fixed by
-/// `seed`; all rows when the split is small enough.
-pub fn subsample(groups: &[u32], n_groups: usize, max: usize, seed: u64) -> Vec<usize> {
-    if groups.len() <= max {
-        return (0..groups.len()).collect();
-    }
-    match StratifiedBatches::new(groups, n_groups, max) {
-        Ok(batches) => {
-            let mut first = batches.epoch(seed).swap_remove(0);
-            first.sort_unstable();
-            first
-        }
-        // A group without rows: fall back to the first rows (the penalty reports the gap).
-        Err(_) => (0..max).collect(),
-    }
 }
 
 /// Evaluates `model` (in validation mode, on a plain device) on `split`.
@@ -149,10 +154,11 @@ pub fn evaluate(
 ) -> Result<SplitEval, EvalError> {
     let n_groups = schema.groups.len();
     let n_tasks = schema.tasks.len();
-    let mut outputs: Vec<Vec<f32>> = vec![Vec::with_capacity(split.n); n_tasks];
+    let n = split.len();
+    let mut outputs: Vec<Vec<f32>> = vec![Vec::with_capacity(n); n_tasks];
     let mut start = 0;
-    while start < split.n {
-        let end = (start + EVAL_CHUNK).min(split.n);
+    while start < n {
+        let end = (start + EVAL_CHUNK).min(n);
         let out = model.forward(rows_tensor(split, start..end, device));
         for (acc, logits) in outputs.iter_mut().zip(out.logits) {
             acc.extend(to_vec(logits));
@@ -205,14 +211,23 @@ pub fn evaluate(
     let penalty = match &penalty.divergence {
         None => None,
         Some(divergence) => {
-            let idx = subsample(&split.groups, n_groups, penalty.eval_max_points, seed);
+            let idx = stratified_subsample(&split.groups, n_groups, penalty.eval_max_points, seed)
+                .map_err(|source| EvalError::Subsample {
+                    split: split_name.into(),
+                    source,
+                })?;
             let sub = split.gather(&idx);
-            let z = model.encode(rows_tensor(&sub, 0..sub.n, device));
-            let out = fairness_penalty(z, &sub.groups, n_groups, divergence);
+            let z = model.encode(rows_tensor(&sub, 0..sub.len(), device));
+            let out = fairness_penalty(z, &sub.groups, n_groups, divergence).map_err(|source| {
+                EvalError::Penalty {
+                    split: split_name.into(),
+                    source,
+                }
+            })?;
             let value = f64::from(out.value.into_scalar::<f32>());
             Some(PenaltyEval {
                 value,
-                n_points: sub.n,
+                n_points: sub.len(),
                 converged: out.converged,
                 n_iters: out.n_iters,
                 marginal_error: out.marginal_error,
@@ -228,32 +243,3 @@ pub fn evaluate(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_bce_matches_hand_values() {
-        // l = 0: log 2 whatever y.
-        assert!((bce_with_logits_host(&[0.0], &[1.0]) - 2f64.ln()).abs() < 1e-12);
-        // l = 2, y = 1: log(1 + e^-2); l = -3, y = 1: 3 + log(1 + e^-3).
-        let want = ((1.0 + (-2f64).exp()).ln() + 3.0 + (1.0 + (-3f64).exp()).ln()) / 2.0;
-        assert!((bce_with_logits_host(&[2.0, -3.0], &[1.0, 1.0]) - want).abs() < 1e-6);
-        // Large logits stay finite.
-        assert!(bce_with_logits_host(&[1e4, -1e4], &[0.0, 1.0]).is_finite());
-    }
-
-    #[test]
-    fn subsample_is_stratified_and_deterministic() {
-        let groups: Vec<u32> = (0..1000).map(|i| u32::from(i % 10 == 0)).collect();
-        let a = subsample(&groups, 2, 100, 5);
-        assert_eq!(a, subsample(&groups, 2, 100, 5));
-        assert!(a.len() <= 100 && a.len() >= 90);
-        let ones = a.iter().filter(|&&i| groups[i] == 1).count();
-        assert!((5..=15).contains(&ones), "{ones}");
-        assert_eq!(
-            subsample(&groups[..50], 2, 100, 5),
-            (0..50).collect::<Vec<_>>()
-        );
-    }
-}

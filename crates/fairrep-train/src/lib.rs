@@ -1,23 +1,17 @@
 //! The fairrep trainer as a library: configuration ([`config`]), device choice ([`device`]),
-//! data ([`data`]), the training loop ([`train`]), evaluation ([`eval`]), checkpoints
-//! ([`checkpoint`]), crash-safe files ([`fsutil`]) and the training-curve plot ([`plot`]);
-//! reusing a trained run ([`trained`]): transfer to novel tasks ([`transfer`]), audits
-//! ([`eval_cmd`], built on [`audit`] and [`probe`]) and export ([`export`]).
-//! The `fairrep` binary (`src/main.rs`) is a thin CLI over it.
+//! data ([`data`]), the training loop ([`trainer`]) with its losses ([`losses`]) and per-epoch
+//! evaluation ([`eval`]), and the run directory: its records ([`records`]), checkpoints
+//! ([`checkpoint`]), files ([`run_dir`]) and training curves ([`plot`]).
 
-pub mod audit;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
-pub mod divergence_cmd;
 pub mod eval;
-pub mod eval_cmd;
-pub mod export;
-pub mod fsutil;
+pub mod losses;
 pub mod plot;
-pub mod points;
-pub mod probe;
-pub mod train;
-pub mod trained;
-pub mod transfer;
+pub mod records;
+pub mod run_dir;
+pub mod trainer;
+
+pub use trainer::{TrainError, TrainOptions, TrainOutcome, train};

@@ -1,9 +1,13 @@
-//! A small self-contained SVG line-chart writer for the training curves.
+//! A small self-contained SVG line-chart writer for the training curves (`curves.svg`) and the
+//! audits' trade-off plots.
 use std::fmt::Write as _;
+
+use crate::records::EpochRecord;
 
 /// One line of a chart.
 #[derive(Debug, Clone)]
 pub struct Series {
+    /// The legend entry.
     pub label: String,
     /// `(x, y)` points; non-finite `y` values break the line.
     pub points: Vec<(f64, f64)>,
@@ -12,8 +16,11 @@ pub struct Series {
 /// One chart (panel).
 #[derive(Debug, Clone)]
 pub struct Chart {
+    /// Title above the panel.
     pub title: String,
+    /// Label of the x axis.
     pub x_label: String,
+    /// The lines.
     pub series: Vec<Series>,
 }
 
@@ -200,6 +207,66 @@ pub fn render(charts: &[Chart]) -> String {
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// Training curves: losses, validation DP gaps, validation penalty.
+pub fn training_curves(history: &[EpochRecord]) -> String {
+    let x = |r: &EpochRecord| r.epoch as f64;
+    let mut charts = vec![Chart {
+        title: "loss".into(),
+        x_label: "epoch".into(),
+        series: vec![
+            Series {
+                label: "train (total)".into(),
+                points: history.iter().map(|r| (x(r), r.train.loss)).collect(),
+            },
+            Series {
+                label: "train (tasks)".into(),
+                points: history.iter().map(|r| (x(r), r.train.task_loss)).collect(),
+            },
+            Series {
+                label: "valid (tasks)".into(),
+                points: history.iter().map(|r| (x(r), r.valid.task_loss)).collect(),
+            },
+        ],
+    }];
+    let tasks: Vec<&String> = history
+        .first()
+        .map(|r| r.valid.tasks.keys().collect())
+        .unwrap_or_default();
+    let dp: Vec<Series> = tasks
+        .iter()
+        .filter(|t| history[0].valid.tasks[**t].dp_gap.is_some())
+        .take(8)
+        .map(|t| Series {
+            label: (*t).clone(),
+            points: history
+                .iter()
+                .map(|r| (x(r), r.valid.tasks[*t].dp_gap.unwrap_or(f64::NAN)))
+                .collect(),
+        })
+        .collect();
+    if !dp.is_empty() {
+        charts.push(Chart {
+            title: "valid DP gap".into(),
+            x_label: "epoch".into(),
+            series: dp,
+        });
+    }
+    if history.iter().any(|r| r.valid.penalty.is_some()) {
+        charts.push(Chart {
+            title: "valid penalty".into(),
+            x_label: "epoch".into(),
+            series: vec![Series {
+                label: "penalty".into(),
+                points: history
+                    .iter()
+                    .map(|r| (x(r), r.valid.penalty.as_ref().map_or(f64::NAN, |p| p.value)))
+                    .collect(),
+            }],
+        });
+    }
+    render(&charts)
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use burn::cubecl::prelude::*;
 use burn::tensor::{DType, Shape};
 
 /// Rows per cube: one unit per row `i`.
-pub const BLOCK_ROWS: u32 = 64;
+pub(crate) const BLOCK_ROWS: u32 = 64;
 /// Floats of shared memory per staged tile of `y` (`tile * d <= TILE_FLOATS`).
 const TILE_FLOATS: usize = 4096;
 /// The most columns one tile holds.
@@ -483,7 +483,7 @@ fn dims2(t: &CubeTensor) -> [usize; 2] {
 }
 
 /// Launches [`softmin_kernel`] on float32 tensors: returns `(out [n], ybar - x [n, d])`.
-pub fn launch_softmin(
+pub(crate) fn launch_softmin(
     x: CubeTensor,
     y: CubeTensor,
     h: CubeTensor,
@@ -562,7 +562,7 @@ pub fn launch_softmin(
 }
 
 /// Launches [`kernel_sum_kernel`] on float32 tensors: returns `(r [n], dr/dx [n, d])`.
-pub fn launch_kernel_sum(
+pub(crate) fn launch_kernel_sum(
     x: CubeTensor,
     y: CubeTensor,
     b: CubeTensor,

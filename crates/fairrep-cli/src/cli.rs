@@ -1,0 +1,268 @@
+//! Command-line arguments.
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use fairrep_data::SplitName;
+use fairrep_train::device::DeviceChoice;
+
+/// Deep fair representations: train multitask models whose shared representation is fair
+/// across sensitive groups (MMD or Sinkhorn penalty), reuse and audit them, and measure
+/// divergences. Exit status: 0 on success, 1 on an error, 2 on a command-line usage error.
+#[derive(Debug, Parser)]
+#[command(name = "fairrep", version)]
+pub(crate) struct Cli {
+    /// More logging (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub(crate) verbose: u8,
+    /// Less logging (-q warnings, -qq errors only).
+    #[arg(short, long, action = ArgAction::Count, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: u8,
+    /// The command.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Train a model from a TOML config; prints the summary JSON on stdout.
+    Train(TrainArgs),
+    /// MMD or Sinkhorn divergence between two point clouds read from files.
+    Divergence(DivergenceArgs),
+    /// Fit fresh heads for novel tasks on frozen encoders (and on a lambda = 0 encoder and
+    /// the raw inputs, for comparison); prints a table, writes transfer.json.
+    Transfer(TransferArgs),
+    /// Audit trained runs: task metrics, fairness, and leakage of the group from z (probe
+    /// AUCs, MMD / Sinkhorn with permutation p-values); prints a table, writes eval.json.
+    Eval(EvalArgs),
+    /// Write a run's representation of a split (and groups, labels) as .npy files.
+    Export(ExportArgs),
+}
+
+/// `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum DeviceArg {
+    /// wgpu on a real GPU adapter if there is one, else flex.
+    Auto,
+    /// burn's pure-Rust CPU backend.
+    Flex,
+    /// burn's ndarray CPU backend.
+    Ndarray,
+    /// wgpu on its default adapter.
+    Wgpu,
+}
+
+impl From<DeviceArg> for DeviceChoice {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Auto => DeviceChoice::Auto,
+            DeviceArg::Flex => DeviceChoice::Flex,
+            DeviceArg::Ndarray => DeviceChoice::Ndarray,
+            DeviceArg::Wgpu => DeviceChoice::Wgpu,
+        }
+    }
+}
+
+/// `--split` of the audits: the validation split (to choose) or the test split (to report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SplitArg {
+    /// The validation split.
+    Valid,
+    /// The test split.
+    Test,
+}
+
+impl From<SplitArg> for SplitName {
+    fn from(s: SplitArg) -> Self {
+        match s {
+            SplitArg::Valid => SplitName::Valid,
+            SplitArg::Test => SplitName::Test,
+        }
+    }
+}
+
+/// `fairrep train`.
+#[derive(Debug, Args)]
+pub(crate) struct TrainArgs {
+    /// The config file (TOML). With --resume it defaults to the run's saved config.toml.
+    #[arg(required_unless_present = "resume")]
+    pub(crate) config: Option<PathBuf>,
+    /// Override a config key, e.g. --set penalty.lambda=0.5 (repeatable; the value is parsed
+    /// as TOML, else taken as a string).
+    #[arg(long = "set", value_name = "KEY=VALUE", allow_hyphen_values = true)]
+    pub(crate) set: Vec<String>,
+    /// Compute device (overrides run.device).
+    #[arg(long, value_enum)]
+    pub(crate) device: Option<DeviceArg>,
+    /// Folder with the real datasets (else $FAIRREP_DATA_DIR).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Where to create the run directory (overrides run.out_dir).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: Option<PathBuf>,
+    /// Run seed (overrides run.seed).
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) seed: Option<u64>,
+    /// Continue a killed or stopped run from its last checkpoint.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub(crate) resume: Option<PathBuf>,
+}
+
+/// Which divergence `fairrep divergence` computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum DivergenceKind {
+    /// Gaussian MMD².
+    Mmd,
+    /// The debiased Sinkhorn divergence.
+    Sinkhorn,
+}
+
+/// Which MMD estimator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum EstimatorArg {
+    /// The V-statistic (>= 0).
+    Biased,
+    /// The U-statistic.
+    Unbiased,
+}
+
+/// `fairrep divergence`.
+#[derive(Debug, Args)]
+pub(crate) struct DivergenceArgs {
+    /// First point cloud: `.npy` (float32 or float64, shape [n, d]) or headerless `.csv`.
+    #[arg(long)]
+    pub(crate) x: PathBuf,
+    /// Second point cloud, shape [m, d].
+    #[arg(long)]
+    pub(crate) y: PathBuf,
+    /// Weights of the first cloud (n non-negative values, normalised to sum to 1).
+    #[arg(long)]
+    pub(crate) a: Option<PathBuf>,
+    /// Weights of the second cloud (m values).
+    #[arg(long)]
+    pub(crate) b: Option<PathBuf>,
+    /// The divergence.
+    #[arg(long, value_enum)]
+    pub(crate) kind: DivergenceKind,
+    /// Sinkhorn temperature in cost units (cost |x-y|^2/2).
+    #[arg(long, conflicts_with = "blur", allow_negative_numbers = true)]
+    pub(crate) eps: Option<f64>,
+    /// Sinkhorn blur, `eps = blur^2` (GeomLoss convention).
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) blur: Option<f64>,
+    /// eps-scaling factor, in [0.5, 0.95].
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) scaling: Option<f64>,
+    /// Target marginal error [default: 1e-5].
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) tolerance: Option<f64>,
+    /// Maximum iterations at the target eps [default: 10000].
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) max_iters: Option<usize>,
+    /// Check the marginal error every this many iterations [default: 10].
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) check_every: Option<usize>,
+    /// MMD bandwidth: a number, a comma-separated list, or `median` [default: median].
+    #[arg(long, allow_hyphen_values = true)]
+    pub(crate) bandwidth: Option<String>,
+    /// MMD estimator [default: biased].
+    #[arg(long, value_enum)]
+    pub(crate) estimator: Option<EstimatorArg>,
+    /// Also print the gradient with respect to x.
+    #[arg(long)]
+    pub(crate) grad: bool,
+    /// Compute in float64 (on the CPU devices).
+    #[arg(long)]
+    pub(crate) f64: bool,
+    /// Compute device.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub(crate) device: DeviceArg,
+}
+
+/// `fairrep transfer`.
+#[derive(Debug, Args)]
+pub(crate) struct TransferArgs {
+    /// Encoder run directories (one per seed; repeat the flag).
+    #[arg(long = "from", value_name = "RUN_DIR", required = true)]
+    pub(crate) from: Vec<PathBuf>,
+    /// The transfer config (TOML).
+    pub(crate) config: PathBuf,
+    /// Comparison encoder runs (e.g. lambda = 0), paired with --from by position; replaces
+    /// compare.baseline.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub(crate) baseline: Vec<PathBuf>,
+    /// Override a config key, e.g. --set fit.epochs=10 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", allow_hyphen_values = true)]
+    pub(crate) set: Vec<String>,
+    /// Folder with the real datasets (else $FAIRREP_DATA_DIR).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Compute device (overrides run.device).
+    #[arg(long, value_enum)]
+    pub(crate) device: Option<DeviceArg>,
+    /// The split the heads are scored on: test (to report), or valid (to choose lambda
+    /// without the test split; MLP heads are then selected on the rows they are scored on).
+    #[arg(long, value_enum, default_value = "test")]
+    pub(crate) split: SplitArg,
+    /// Where to write the JSON report (default: RUN_DIR/transfer.json for one --from, else
+    /// transfer.json in the runs' common folder); the trade-off plot goes beside it (.svg).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+}
+
+/// `fairrep eval`.
+#[derive(Debug, Args)]
+pub(crate) struct EvalArgs {
+    /// Run directories (several: seeds, summarised as mean and 95% CI).
+    #[arg(long = "from", value_name = "RUN_DIR", required = true, num_args = 1..)]
+    pub(crate) from: Vec<PathBuf>,
+    /// The split to audit.
+    #[arg(long, value_enum, default_value = "test")]
+    pub(crate) split: SplitArg,
+    /// Relabellings of the MMD permutation test (0: the statistic without a p-value).
+    #[arg(long, default_value_t = 200, allow_negative_numbers = true)]
+    pub(crate) permutations: usize,
+    /// Relabellings of the Sinkhorn permutation test (each is a full Sinkhorn solve).
+    #[arg(long, default_value_t = 20, allow_negative_numbers = true)]
+    pub(crate) sinkhorn_permutations: usize,
+    /// Rows (stratified subsample) for the divergences and their tests.
+    #[arg(long, default_value_t = 1000, allow_negative_numbers = true)]
+    pub(crate) max_points: usize,
+    /// Blur of the Sinkhorn divergence, as a fraction of the median distance between the
+    /// points of z.
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
+    pub(crate) blur: f64,
+    /// Seed of the subsamples, permutations and probes.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub(crate) seed: u64,
+    /// Folder with the real datasets (else $FAIRREP_DATA_DIR).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Compute device.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub(crate) device: DeviceArg,
+    /// Where to write the JSON report (default: RUN_DIR/eval.json for one run, else eval.json
+    /// in the runs' common folder).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+}
+
+/// `fairrep export`.
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    /// The run directory.
+    #[arg(long = "from", value_name = "RUN_DIR")]
+    pub(crate) from: PathBuf,
+    /// The split to export.
+    #[arg(long, value_enum, default_value = "test")]
+    pub(crate) split: SplitArg,
+    /// The .npy file for z; groups, labels and a JSON sidecar are written beside it.
+    #[arg(long, value_name = "FILE.npy")]
+    pub(crate) out: PathBuf,
+    /// Folder with the real datasets (else $FAIRREP_DATA_DIR).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Compute device.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub(crate) device: DeviceArg,
+}

@@ -1,0 +1,39 @@
+//! One module per subcommand; errors get their context here (anyhow).
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use fairrep_data::fs as fsutil;
+pub(crate) use fairrep_audit::report_path;
+
+use crate::cli::{Cli, Command};
+
+mod divergence;
+mod eval;
+mod export;
+mod train;
+mod transfer;
+
+/// Runs the parsed command; the exit code of a command that re-runs itself.
+pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Train(args) => train::run(args),
+        Command::Divergence(args) => divergence::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Transfer(args) => transfer::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Export(args) => export::run(args).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+/// Writes a report as pretty JSON (atomically) and says where.
+pub(crate) fn write_report<T: serde::Serialize>(path: &Path, report: &T) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fsutil::create_dir_all(parent)?;
+    }
+    fsutil::write_atomic(path, format!("{json}\n").as_bytes())
+        .with_context(|| format!("cannot write the report `{}`", path.display()))?;
+    eprintln!("report: {}", path.display());
+    Ok(())
+}
+

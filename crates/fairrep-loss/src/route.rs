@@ -1,0 +1,260 @@
+//! Which implementation computes a divergence: the one place that decides, and the table of
+//! what runs when (docs/ARCHITECTURE.md repeats it).
+//!
+//! | device | dtype | condition | Sinkhorn | MMD |
+//! |---|---|---|---|---|
+//! | Flex, NdArray | f32, f64 | MMD weights without gradient | [`Path::Host`] | [`Path::Host`] |
+//! | Flex, NdArray | f32, f64 | MMD weights with a gradient | [`Path::Host`] | [`Path::TensorOps`] |
+//! | wgpu | f32 | `n m >=` [`fused_min_pairs`], `d <=` [`MAX_FUSED_DIM`], MMD weights without gradient | [`Path::Fused`] | [`Path::Fused`] |
+//! | wgpu | f32 | otherwise | [`Path::TensorOps`] | [`Path::TensorOps`] |
+//! | wgpu | f64 | — | refused | refused |
+//! | other (f16, bf16, ...) | | | [`Path::TensorOps`] | [`Path::TensorOps`] |
+//!
+//! - **Host**: the CPU devices' tensors already live in host memory; the loops run there on
+//!   plain vectors, vectorised and threaded (`crate::host`). Memory: the dense cost / kernel
+//!   matrices, `O(n m + n^2 + m^2)`.
+//! - **Fused**: CubeCL kernels that never store an `n x m` matrix (`crate::fused`), float32
+//!   accumulation; memory `O((n + m) d)`.
+//! - **TensorOps**: burn tensor operations on any device (`crate::tensor_ops`), the reference
+//!   the other two are tested against; several dense matrices.
+//!
+//! Float64 on wgpu is refused: WGSL has no float64, and the software Vulkan of CI returns
+//! garbage for it; the CPU devices compute in float64.
+//!
+//! Before a path runs, [`check_memory`] compares its estimated peak memory with what the
+//! machine has available (host paths) and refuses with the estimate instead of being killed.
+use burn::backend::{DispatchDevice, RuntimeId};
+use burn::tensor::{DType, Device};
+
+use crate::config::{Bytes, LossError};
+
+pub use crate::fused::MAX_FUSED_DIM;
+
+/// An implementation of the divergences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Loops in host memory on the CPU devices.
+    Host,
+    /// The fused CubeCL kernels on wgpu.
+    Fused,
+    /// burn tensor operations.
+    TensorOps,
+}
+
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Path::Host => "host",
+            Path::Fused => "fused",
+            Path::TensorOps => "tensor-op",
+        })
+    }
+}
+
+/// Which divergence is being routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The debiased Sinkhorn divergence.
+    Sinkhorn,
+    /// MMD².
+    Mmd,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Sinkhorn => "Sinkhorn",
+            Kind::Mmd => "MMD",
+        }
+    }
+}
+
+/// Smallest `n * m` for which the fused path is used on a wgpu device that is a hardware GPU
+/// (n = m = 64, the smallest size measured).
+///
+/// From `bench_fused` (crates/fairrep-loss/examples/bench_fused.rs), value + gradient, on an
+/// NVIDIA H200 through Vulkan: the fused path was faster than the tensor-op path at every
+/// size measured, n = m from 64 to 16384, d = 8 and 32 (docs/BENCHMARKS.md), and the tensor-op
+/// path cannot run at all from n = m = 50,000 (wgpu refuses its 10 GB `n x m` buffer).
+pub const FUSED_MIN_PAIRS_GPU: usize = 64 * 64;
+
+/// Smallest `n * m` for which the fused path is used on a software Vulkan (a wgpu device with
+/// no physical card behind it, lavapipe/llvmpipe) (n = m = 1024).
+///
+/// From `bench_fused` on lavapipe (2 CPU cores), time ratio tensor-op / fused, d = 8 / 32:
+/// softmin 2.9x / 1.1x and kernel sum 1.5x / 1.2x at n = m = 256; 2.7x / 1.3x and 2.0x / 1.3x
+/// at 1024; 2.8x / 0.95x and 2.8x / 0.8x at 4096. The fused path is taken from 1024 on, where
+/// it is faster or within 20%, because its memory is `O((n + m) d)` where the tensor-op path
+/// holds several `n x m` matrices (64 MiB each at 4096). Below, where the memory is small
+/// either way, the tensor-op path is kept on this device so that the test suite's small
+/// problems on the software Vulkan of CI keep that path checked against the fixtures too (the
+/// fused path is checked against it directly).
+pub const FUSED_MIN_PAIRS_SOFTWARE: usize = 1 << 20;
+
+/// Whether `device` is a CPU device whose tensors live in host memory (Flex, NdArray).
+pub fn is_cpu(device: &Device) -> bool {
+    #[allow(deprecated)]
+    let cpu = matches!(
+        device.clone().inner().as_dispatch(),
+        DispatchDevice::Flex(_) | DispatchDevice::NdArray(_)
+    );
+    cpu
+}
+
+/// Whether `device` is a wgpu device (autodiff or not).
+pub fn is_wgpu(device: &Device) -> bool {
+    match device.clone().inner().as_dispatch() {
+        DispatchDevice::Cube(cube) => cube.runtime() == RuntimeId::Wgpu,
+        _ => false,
+    }
+}
+
+/// The smallest `n * m` for which the divergences on `device` take the fused path:
+/// [`FUSED_MIN_PAIRS_GPU`] on a wgpu device backed by a card, [`FUSED_MIN_PAIRS_SOFTWARE`] on
+/// a software Vulkan; `None` off wgpu.
+pub fn fused_min_pairs(device: &Device) -> Option<usize> {
+    if !is_wgpu(device) {
+        return None;
+    }
+    let hardware = device.identity().is_some_and(|id| id.physical.is_some());
+    Some(if hardware {
+        FUSED_MIN_PAIRS_GPU
+    } else {
+        FUSED_MIN_PAIRS_SOFTWARE
+    })
+}
+
+/// The path of a divergence between `n` and `m` points of dimension `d`, in `dtype`, on
+/// `device`; `weights_tracked`: the MMD's weights carry a gradient (only the tensor-op path
+/// differentiates them; the Sinkhorn divergence never does). See the module table.
+pub fn route(
+    kind: Kind,
+    device: &Device,
+    dtype: DType,
+    [n, m, d]: [usize; 3],
+    weights_tracked: bool,
+) -> Result<Path, LossError> {
+    let float = matches!(dtype, DType::F32 | DType::F64);
+    if is_cpu(device) && float {
+        return Ok(if kind == Kind::Mmd && weights_tracked {
+            Path::TensorOps
+        } else {
+            Path::Host
+        });
+    }
+    if is_wgpu(device) && dtype == DType::F64 {
+        return Err(LossError::InvalidConfig {
+            key: "dtype",
+            expected: "float32 on wgpu (float64 runs on the CPU devices, flex or ndarray)"
+                .into(),
+            found: "float64".into(),
+        });
+    }
+    let fused = dtype == DType::F32
+        && d <= MAX_FUSED_DIM
+        && !(kind == Kind::Mmd && weights_tracked)
+        && fused_min_pairs(device).is_some_and(|min| n.saturating_mul(m) >= min);
+    Ok(if fused { Path::Fused } else { Path::TensorOps })
+}
+
+/// Estimated peak bytes of one divergence with gradient on `path` (float elements of
+/// `elem_bytes` bytes): the dense matrices each path holds at its peak, in elements.
+///
+/// - Sinkhorn, host: the four cost matrices as tensors and as host vectors (`2 (2 n m + n^2 +
+///   m^2)`), plus the final step's plans (`2 n m + n^2 + m^2`).
+/// - Sinkhorn, tensor ops: the four cost matrices, their scaled copies, and three `n x m`
+///   temporaries of a softmin.
+/// - MMD, host: the three Gram blocks as tensors and host vectors, and the kernel matrices kept
+///   for the gradient.
+/// - MMD, tensor ops: the three blocks' distances, kernels and autodiff copies.
+/// - Fused: the points, potentials and per-row accumulators (`O((n + m) d)`), with the
+///   column-split partials.
+pub fn estimated_bytes(kind: Kind, path: Path, [n, m, d]: [usize; 3], elem_bytes: usize) -> u64 {
+    let (n, m, d) = (n as u128, m as u128, d as u128);
+    let cross = n * m;
+    let selfs = n * n + m * m;
+    let elems = match (kind, path) {
+        (Kind::Sinkhorn, Path::Host) => 3 * (2 * cross) + 3 * selfs,
+        (Kind::Sinkhorn, Path::TensorOps) => 4 * (2 * cross + selfs) + 3 * cross.max(n * n),
+        (Kind::Mmd, Path::Host) => 3 * (cross + selfs),
+        (Kind::Mmd, Path::TensorOps) => 4 * (cross + selfs),
+        (_, Path::Fused) => 8 * (n + m) * (d + 2),
+    };
+    u64::try_from(elems * elem_bytes as u128).unwrap_or(u64::MAX)
+}
+
+/// The memory available to this process for new allocations: `MemAvailable` of
+/// `/proc/meminfo` (Linux); `None` where it cannot be read.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuses a host or tensor-op path on a CPU device whose estimated peak memory
+/// ([`estimated_bytes`]) exceeds what is available ([`available_memory`]); the GPU paths are
+/// bounded by the device, which refuses oversized buffers itself.
+pub fn check_memory(
+    kind: Kind,
+    path: Path,
+    device: &Device,
+    dims: [usize; 3],
+    elem_bytes: usize,
+) -> Result<(), LossError> {
+    if !is_cpu(device) || path == Path::Fused {
+        return Ok(());
+    }
+    let needed = estimated_bytes(kind, path, dims, elem_bytes);
+    match available_memory() {
+        Some(available) if needed > available => Err(LossError::Memory {
+            divergence: kind.name(),
+            path,
+            n: dims[0],
+            m: dims[1],
+            d: dims[2],
+            needed: Bytes(needed),
+            available: Bytes(available),
+            advice: match kind {
+                Kind::Sinkhorn => ", or a GPU (wgpu), whose fused kernels need O((n + m) d)",
+                Kind::Mmd => ", or a GPU (wgpu), whose fused kernels need O((n + m) d)",
+            },
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_on_the_cpu_devices() {
+        let flex = Device::flex();
+        let dims = [100, 80, 4];
+        for dtype in [DType::F32, DType::F64] {
+            assert_eq!(route(Kind::Sinkhorn, &flex, dtype, dims, false), Ok(Path::Host));
+            assert_eq!(route(Kind::Sinkhorn, &flex, dtype, dims, true), Ok(Path::Host));
+            assert_eq!(route(Kind::Mmd, &flex, dtype, dims, false), Ok(Path::Host));
+            assert_eq!(route(Kind::Mmd, &flex, dtype, dims, true), Ok(Path::TensorOps));
+        }
+        assert!(!is_wgpu(&flex) && is_cpu(&flex) && fused_min_pairs(&flex).is_none());
+    }
+
+    #[test]
+    fn memory_estimates_grow_with_the_path() {
+        let dims = [10_000, 10_000, 16];
+        let host = estimated_bytes(Kind::Sinkhorn, Path::Host, dims, 4);
+        let fused = estimated_bytes(Kind::Sinkhorn, Path::Fused, dims, 4);
+        // Host: 6 n m + 3 (n^2 + m^2) = 1.2e9 floats of 4 bytes.
+        assert_eq!(host, 4 * (6 * 100_000_000 + 3 * 200_000_000));
+        assert!(fused < 10_000_000, "{fused}");
+        // 10^6 points cannot fit in any machine on the host path.
+        let huge = [1_000_000, 1_000_000, 16];
+        let e = check_memory(Kind::Sinkhorn, Path::Host, &Device::flex(), huge, 4);
+        if available_memory().is_some() {
+            let msg = e.unwrap_err().to_string();
+            assert!(msg.contains("needs about") && msg.contains("GiB"), "{msg}");
+        }
+    }
+}

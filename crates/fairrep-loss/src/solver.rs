@@ -1,0 +1,677 @@
+//! The solver of the debiased Sinkhorn divergence, independent of where it runs (docs/MATH.md,
+//! "Entropic OT and the debiased Sinkhorn divergence"): the eps schedule
+//! ([`epsilon_schedule`]), the loop over the four dual potentials ([`solve_with`]) on any
+//! implementation of its operations ([`SolverOps`]: tensor ops, the fused kernels, host
+//! vectors), the step-size state machine of the cross potentials ([`Momentum`]), and the last,
+//! differentiable softmin step from the converged potentials ([`final_value`]) shared by the
+//! tensor-op and fused paths.
+use burn::tensor::Tensor;
+
+use crate::config::{LossError, SCALING_RANGE, SinkhornConfig};
+use crate::cost::log_weights;
+
+/// The eps-scaling schedule: from `eps_0 = max(diameter^2 / 2, eps)` multiplied by
+/// `scaling^2` at each step while above the target, ending with the target `eps` itself
+/// (GeomLoss `epsilon_schedule`, with the cost `|x - y|^2 / 2`). A zero diameter (a single
+/// point, identical clouds) gives the one-step schedule `[eps]`.
+///
+/// `eps` must be finite and positive, `scaling` in [`SCALING_RANGE`] and the diameter finite,
+/// so the schedule always ends (at most a few thousand steps from float64's largest diameter).
+pub fn epsilon_schedule(diameter: f64, eps: f64, scaling: f64) -> Result<Vec<f64>, LossError> {
+    if !(eps.is_finite() && eps > 0.0) {
+        return Err(LossError::InvalidConfig {
+            key: "eps",
+            expected: "a finite number > 0".into(),
+            found: eps.to_string(),
+        });
+    }
+    if !SCALING_RANGE.contains(&scaling) {
+        return Err(LossError::InvalidConfig {
+            key: "scaling",
+            expected: "a number in [0.5, 0.95]".into(),
+            found: scaling.to_string(),
+        });
+    }
+    if !(diameter.is_finite() && diameter >= 0.0) {
+        return Err(LossError::NonFinite {
+            dtype: "float64".into(),
+            magnitude: diameter,
+            hint: "",
+        });
+    }
+    let mut schedule = Vec::new();
+    let mut current = 0.5 * diameter * diameter;
+    if !current.is_finite() {
+        return Err(LossError::NonFinite {
+            dtype: "float64".into(),
+            magnitude: diameter,
+            hint: "",
+        });
+    }
+    let factor = scaling * scaling;
+    while current > eps {
+        schedule.push(current);
+        current *= factor;
+    }
+    schedule.push(eps);
+    Ok(schedule)
+}
+
+/// The four dual potentials of the debiased divergence (MATH.md notation), as tensors or, in
+/// the host loop of the CPU devices, as host vectors.
+#[derive(Debug, Clone)]
+pub struct Potentials<V = Tensor<1>> {
+    /// `f_ba` on the points of `alpha`, shape `[n]`.
+    pub f_ba: V,
+    /// `g_ab` on the points of `beta`, shape `[m]`.
+    pub g_ab: V,
+    /// `f_aa`, the symmetric potential of `OT_eps(alpha, alpha)`, shape `[n]`.
+    pub f_aa: V,
+    /// `g_bb`, the symmetric potential of `OT_eps(beta, beta)`, shape `[m]`.
+    pub g_bb: V,
+}
+
+impl<V> Potentials<V> {
+    /// The same potentials with every vector mapped by `f`.
+    pub(crate) fn map<W>(self, mut f: impl FnMut(V) -> W) -> Potentials<W> {
+        Potentials {
+            f_ba: f(self.f_ba),
+            g_ab: f(self.g_ab),
+            f_aa: f(self.f_aa),
+            g_bb: f(self.g_bb),
+        }
+    }
+}
+
+/// Which of the four softmins of the debiased divergence: rows of the first cloud against
+/// the columns of the second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pair {
+    XY,
+    YX,
+    XX,
+    YY,
+}
+
+/// The four softmins `softmin_eps(C(rows, cols), h)` on tensors (the tensor-op cost matrices,
+/// the fused kernel); every such implementation is a [`SolverOps`] on `Tensor<1>`.
+pub(crate) trait SoftminOp {
+    /// Called whenever the loop moves to a new eps (before the softmins at that eps).
+    fn prepare(&mut self, eps: f64);
+    /// `softmin_eps(C(pair), h)`, shape `[rows]`.
+    fn softmin(&self, eps: f64, pair: Pair, h: Tensor<1>) -> Tensor<1>;
+}
+
+/// What the solver loop needs from the vectors it runs on: the four softmins and a few
+/// elementwise updates. Tensors (any device) through [`SoftminOp`]; host vectors on the CPU
+/// devices ([`crate::host`]).
+pub(crate) trait SolverOps {
+    type Vector: Clone;
+    /// Called whenever the loop moves to a new eps (before the softmins at that eps).
+    fn prepare(&mut self, eps: f64);
+    /// `softmin_eps(C(pair), log_w + pot / eps)` (`log_w` alone without `pot`), shape `[rows]`.
+    fn softmin(
+        &self,
+        eps: f64,
+        pair: Pair,
+        log_w: &Self::Vector,
+        pot: Option<&Self::Vector>,
+    ) -> Self::Vector;
+    /// `(1 - w) old + w new`: plain update for `w = 1`, averaged for `1/2`, over-relaxed for
+    /// `1 < w < 2`.
+    fn relax(&self, old: &Self::Vector, new: Self::Vector, w: f64) -> Self::Vector;
+    /// Log-weights, with `log 0` the finite [`crate::cost::LOG_ZERO`].
+    fn log_weights(&self, w: &Self::Vector) -> Self::Vector;
+    /// For each `(w, old, new)`: `sum_i w_i |exp((old_i - new_i) / eps) - 1|`, the L1 error of
+    /// one marginal of the plan defined by the potentials, where `new` is the softmin update
+    /// of `old` from its partner. Read on the host, all in one go.
+    fn marginal_errors(&self, eps: f64, terms: &[MarginalTerm<'_, Self::Vector>]) -> Vec<f64>;
+}
+
+/// `(weights, old potential, its update)`, see [`SolverOps::marginal_errors`].
+pub(crate) type MarginalTerm<'a, V> = (&'a V, &'a V, &'a V);
+
+impl<T: SoftminOp> SolverOps for T {
+    type Vector = Tensor<1>;
+
+    fn prepare(&mut self, eps: f64) {
+        SoftminOp::prepare(self, eps);
+    }
+
+    fn softmin(
+        &self,
+        eps: f64,
+        pair: Pair,
+        log_w: &Tensor<1>,
+        pot: Option<&Tensor<1>>,
+    ) -> Tensor<1> {
+        let h = match pot {
+            Some(pot) => log_w.clone() + pot.clone().mul_scalar(1.0 / eps),
+            None => log_w.clone(),
+        };
+        SoftminOp::softmin(self, eps, pair, h)
+    }
+
+    fn relax(&self, old: &Tensor<1>, new: Tensor<1>, w: f64) -> Tensor<1> {
+        if w == 1.0 {
+            new
+        } else {
+            old.clone().mul_scalar(1.0 - w) + new.mul_scalar(w)
+        }
+    }
+
+    fn log_weights(&self, w: &Tensor<1>) -> Tensor<1> {
+        log_weights(w.clone())
+    }
+
+    fn marginal_errors(&self, eps: f64, terms: &[MarginalTerm<'_, Tensor<1>>]) -> Vec<f64> {
+        let parts = terms
+            .iter()
+            .map(|&(w, old, new)| {
+                let ratio = (old.clone() - new.clone()).mul_scalar(1.0 / eps).exp();
+                (ratio.sub_scalar(1.0).abs() * w.clone()).sum()
+            })
+            .collect();
+        host_values(Tensor::cat(parts, 0))
+    }
+}
+
+/// Result of `crate::sinkhorn_divergence`.
+#[derive(Debug, Clone)]
+pub struct SinkhornOutput {
+    /// `S_eps(alpha, beta)`, shape `[1]`, differentiable w.r.t. `x` and `y` (envelope gradient).
+    pub value: Tensor<1>,
+    /// Iterations run in all (eps-scaling descent plus iterations at the target eps).
+    pub n_iters: usize,
+    /// The largest L1 marginal error over the three plans (`alpha`-`beta`, `alpha`-`alpha`,
+    /// `beta`-`beta`) at the last check: `|P1 - a|_1 + |P'1 - b|_1` for each.
+    pub marginal_error: f64,
+    /// Whether the marginal error fell below the tolerance within `max_iters`.
+    pub converged: bool,
+}
+
+/// What the solver loop returns: the converged (detached) potentials and diagnostics.
+#[derive(Debug, Clone)]
+pub struct SolveOutput<V = Tensor<1>> {
+    /// The four potentials.
+    pub potentials: Potentials<V>,
+    /// Iterations run in all (descent plus target eps).
+    pub n_iters: usize,
+    /// The largest L1 marginal error of the three plans at the last check.
+    pub marginal_error: f64,
+    /// Whether the marginal error fell below the tolerance within `max_iters`.
+    pub converged: bool,
+}
+
+/// What the solver loop takes from the inputs: the clouds and weights without autodiff, the
+/// diameter of the eps schedule, and whether the two measures are one ([`same_measure`]).
+pub(crate) struct Problem {
+    pub x: Tensor<2>,
+    pub y: Tensor<2>,
+    pub a: Tensor<1>,
+    pub b: Tensor<1>,
+    pub diameter: f64,
+    pub same: bool,
+}
+
+impl Problem {
+    /// The detached problem; a diameter that is not finite (points too large, or not finite)
+    /// is an error, before any loop runs.
+    pub(crate) fn new(
+        x: &Tensor<2>,
+        y: &Tensor<2>,
+        a: &Tensor<1>,
+        b: &Tensor<1>,
+    ) -> Result<Self, LossError> {
+        let (x, y) = (x.clone().inner(), y.clone().inner());
+        let (a, b) = (a.clone().inner(), b.clone().inner());
+        let diameter = box_diameter(&x, &y);
+        if !diameter.is_finite() {
+            return Err(LossError::NonFinite {
+                dtype: format!("{:?}", x.dtype()).to_lowercase(),
+                magnitude: diameter,
+                hint: "",
+            });
+        }
+        Ok(Self {
+            diameter,
+            same: same_measure(&x, &y, &a, &b),
+            x,
+            y,
+            a,
+            b,
+        })
+    }
+}
+
+/// The diagonal length of the pooled bounding box, the diameter used by the eps schedule: the
+/// per-coordinate extremes on the device, their differences squared and summed in float64 on
+/// the host (so that float32 coordinates near 1e20 do not overflow). NaN or infinite when a
+/// coordinate is.
+pub(crate) fn box_diameter(x: &Tensor<2>, y: &Tensor<2>) -> f64 {
+    let pooled = Tensor::cat(vec![x.clone(), y.clone()], 0);
+    let lo = host_values(pooled.clone().min_dim(0).flatten(0, 1));
+    let hi = host_values(pooled.max_dim(0).flatten(0, 1));
+    lo.iter()
+        .zip(&hi)
+        .map(|(l, h)| (h - l) * (h - l))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Whether the two weighted clouds are one measure, point for point (same points in the same
+/// order, same weights). Then `OT_eps(alpha, beta)` is the symmetric problem `OT_eps(alpha,
+/// alpha)`, whose potentials are both the symmetric potential `f_aa`.
+pub(crate) fn same_measure(x: &Tensor<2>, y: &Tensor<2>, a: &Tensor<1>, b: &Tensor<1>) -> bool {
+    x.dims() == y.dims()
+        && a.dims() == b.dims()
+        && x.clone().equal(y.clone()).all().into_scalar::<bool>()
+        && a.clone().equal(b.clone()).all().into_scalar::<bool>()
+}
+
+/// The solver loop over any implementation of the four softmins (the tensor-op cost matrices,
+/// the fused kernel on wgpu, host vectors on the CPU): eps-scaling descent, then iterations at
+/// the target eps until the marginal error is below the tolerance (checked every
+/// `check_every` iterations) or `max_iters` is reached. `config` must be valid
+/// ([`SinkhornConfig::validate`]).
+///
+/// During the descent each step updates the four potentials in parallel and averages each with
+/// its previous value (`new = (old + update) / 2`, GeomLoss `sinkhorn_loop` with symmetric
+/// updates; plain alternating updates stall on the self terms).
+///
+/// With `same` (see [`same_measure`]) the cross potentials are taken equal to the symmetric
+/// ones at the target eps instead of being iterated: the exact solution of that problem, which
+/// the cross iterations would only approach, and very slowly (with `P` close to the identity,
+/// any difference between `f` and `g` is a mode that alternating and averaged steps both
+/// barely contract).
+pub(crate) fn solve_with<O: SolverOps>(
+    op: &mut O,
+    diameter: f64,
+    a: &O::Vector,
+    b: &O::Vector,
+    same: bool,
+    config: &SinkhornConfig,
+) -> Result<SolveOutput<O::Vector>, LossError> {
+    let (a_log, b_log) = (op.log_weights(a), op.log_weights(b));
+    let schedule = epsilon_schedule(diameter, config.eps, config.scaling)?;
+
+    // Initialisation at the first (largest) eps: potentials against the weights alone.
+    let eps0 = schedule[0];
+    op.prepare(eps0);
+    let mut p = Potentials {
+        f_ba: op.softmin(eps0, Pair::XY, &b_log, None),
+        g_ab: op.softmin(eps0, Pair::YX, &a_log, None),
+        f_aa: op.softmin(eps0, Pair::XX, &a_log, None),
+        g_bb: op.softmin(eps0, Pair::YY, &b_log, None),
+    };
+
+    let mut n_iters = 0;
+    // eps-scaling descent: one averaged update per eps.
+    let (last_eps, descent) = schedule.split_last().expect("non-empty schedule");
+    for &eps in descent {
+        op.prepare(eps);
+        p = averaged_update(eps, op, &p, &a_log, &b_log);
+        n_iters += 1;
+    }
+
+    // Iterations at the target eps until the marginal error is small enough. The self
+    // potentials keep the averaged symmetric step. The cross potentials start with plain
+    // alternating steps `f <- T(g)`, `g <- T(f)`; when those are slow, averaged steps are
+    // measured too, and the faster scheme is kept, alternating steps being over-relaxed:
+    // `f <- (1 - w) f + w T(g)` with the optimal `w = 2 / (1 + sqrt(1 - rate))` (over-relaxed
+    // Sinkhorn, Thibault et al. 2017; OTT-JAX `Momentum`), turning a rate `1 - delta` into
+    // about `1 - 2 sqrt(delta)`. Averaged steps damp the oscillating mode of near-symmetric
+    // problems (identical clouds), over-relaxed alternating steps the slow monotone mode of
+    // the others. All share the fixed point. The self potentials stop being updated once
+    // their error is far below the tolerance.
+    let eps = *last_eps;
+    op.prepare(eps);
+    let op = &*op;
+    let check_every = config.check_every.max(1);
+    let max_iters = config.max_iters.max(1);
+    let mut marginal_error = f64::INFINITY;
+    let mut converged = false;
+    let mut momentum = Momentum::new(check_every);
+    // The cross softmins `T(g)` on the points of alpha and `T(f)` on those of beta.
+    let t_xy = |g: &O::Vector| op.softmin(eps, Pair::XY, &b_log, Some(g));
+    let t_yx = |f: &O::Vector| op.softmin(eps, Pair::YX, &a_log, Some(f));
+    // The self errors once the self potentials are frozen (see SELF_FREEZE).
+    let mut frozen_self: Option<[f64; 2]> = None;
+    for it in 1..=max_iters {
+        // The symmetric updates of the self potentials, until they are frozen.
+        let fresh = frozen_self.is_none().then(|| {
+            (
+                op.softmin(eps, Pair::XX, &a_log, Some(&p.f_aa)),
+                op.softmin(eps, Pair::YY, &b_log, Some(&p.g_bb)),
+            )
+        });
+        let (f_ba, g_ab) = match (&fresh, momentum.step) {
+            (Some((f_aa, _)), _) if same => {
+                let f = op.relax(&p.f_aa, f_aa.clone(), 0.5);
+                (f.clone(), f)
+            }
+            (_, CrossStep::Averaged) => (
+                op.relax(&p.f_ba, t_xy(&p.g_ab), 0.5),
+                op.relax(&p.g_ab, t_yx(&p.f_ba), 0.5),
+            ),
+            (_, CrossStep::Alternating(w)) => {
+                let f_ba = op.relax(&p.f_ba, t_xy(&p.g_ab), w);
+                let g_ab = op.relax(&p.g_ab, t_yx(&f_ba), w);
+                (f_ba, g_ab)
+            }
+        };
+        n_iters += 1;
+        let check = it % check_every == 0 || it == max_iters;
+        let old = p;
+        p = Potentials {
+            f_ba,
+            g_ab,
+            f_aa: match &fresh {
+                Some((f_aa, _)) => op.relax(&old.f_aa, f_aa.clone(), 0.5),
+                None => old.f_aa.clone(),
+            },
+            g_bb: match &fresh {
+                Some((_, g_bb)) => op.relax(&old.g_bb, g_bb.clone(), 0.5),
+                None => old.g_bb.clone(),
+            },
+        };
+        if check {
+            // Both marginals of the cross plan defined by (f_ba, g_ab), and those of the self
+            // plans (symmetric: twice one marginal) of the potentials before this step. For one
+            // measure the cross plan is the self plan (its cost matrix only differs by the
+            // rounding of another centring): its error is the self error.
+            let cross_updates = (!same || fresh.is_none()).then(|| (t_xy(&p.g_ab), t_yx(&p.f_ba)));
+            let mut terms: Vec<MarginalTerm<'_, O::Vector>> = Vec::with_capacity(4);
+            if let Some((f_new, g_new)) = &cross_updates {
+                terms.push((a, &p.f_ba, f_new));
+                terms.push((b, &p.g_ab, g_new));
+            }
+            if let Some((f_aa, g_bb)) = &fresh {
+                terms.push((a, &old.f_aa, f_aa));
+                terms.push((b, &old.g_bb, g_bb));
+            }
+            let values = op.marginal_errors(eps, &terms);
+            let (cross, self_errors) = match (cross_updates.is_some(), fresh.is_some()) {
+                (true, true) => (values[0] + values[1], [2.0 * values[2], 2.0 * values[3]]),
+                (false, true) => (2.0 * values[0], [2.0 * values[0], 2.0 * values[1]]),
+                (true, false) => (
+                    values[0] + values[1],
+                    frozen_self.expect("self potentials frozen"),
+                ),
+                (false, false) => unreachable!("one measure keeps its self updates"),
+            };
+            let errors = [cross, self_errors[0], self_errors[1]];
+            marginal_error = errors.iter().fold(
+                0.0,
+                |m: f64, v| if v.is_nan() { f64::NAN } else { m.max(*v) },
+            );
+            if marginal_error < config.tolerance {
+                converged = true;
+                break;
+            }
+            if !same
+                && frozen_self.is_none()
+                && errors[1].max(errors[2]) < SELF_FREEZE * config.tolerance
+            {
+                frozen_self = Some([errors[1], errors[2]]);
+            }
+            momentum.observe(errors[0]);
+        }
+    }
+    Ok(SolveOutput {
+        potentials: p,
+        n_iters,
+        marginal_error,
+        converged,
+    })
+}
+
+/// The self potentials converge much faster than the cross ones (their symmetric averaged
+/// step damps the oscillating mode at once): once both self errors are below this fraction of
+/// the tolerance, they are left as they are and each iteration at the target eps costs two
+/// softmins instead of four.
+const SELF_FREEZE: f64 = 1e-2;
+
+/// One symmetric step: the softmin updates of all four potentials from the current ones,
+/// averaged with the current values.
+fn averaged_update<O: SolverOps>(
+    eps: f64,
+    op: &O,
+    p: &Potentials<O::Vector>,
+    a_log: &O::Vector,
+    b_log: &O::Vector,
+) -> Potentials<O::Vector> {
+    let step = |pair, log_w, old: &O::Vector, partner: &O::Vector| {
+        op.relax(old, op.softmin(eps, pair, log_w, Some(partner)), 0.5)
+    };
+    Potentials {
+        f_ba: step(Pair::XY, b_log, &p.f_ba, &p.g_ab),
+        g_ab: step(Pair::YX, a_log, &p.g_ab, &p.f_ba),
+        f_aa: step(Pair::XX, a_log, &p.f_aa, &p.f_aa),
+        g_bb: step(Pair::YY, b_log, &p.g_bb, &p.g_bb),
+    }
+}
+
+/// How the cross potentials are updated at the target eps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum CrossStep {
+    /// `f <- (f + T(g)) / 2`, `g <- (g + T(f)) / 2` in parallel (GeomLoss).
+    Averaged,
+    /// `f <- (1 - w) f + w T(g)`, then `g <- (1 - w) g + w T(f)`.
+    Alternating(f64),
+}
+
+/// Chooses the cross step from the measured per-iteration convergence rates (see the loop):
+/// plain alternating steps first; when they are slow (per-iteration rate at least
+/// [`Momentum::FAST`]), averaged steps are measured too; the faster scheme is kept, alternating
+/// steps being over-relaxed with `w = 2 / (1 + sqrt(1 - rate))` (at most
+/// [`Momentum::MAX_OMEGA`]); an error that grows falls back to plain steps (or, for stalled
+/// plain steps, to averaged ones).
+#[derive(Debug)]
+pub(crate) struct Momentum {
+    step: CrossStep,
+    check_every: usize,
+    previous: Option<f64>,
+    alternating_rate: Option<f64>,
+    settled: bool,
+}
+
+impl Momentum {
+    const MAX_OMEGA: f64 = 1.9;
+    /// Per-iteration rates below this are fast enough for plain alternating steps.
+    const FAST: f64 = 0.95;
+
+    fn new(check_every: usize) -> Self {
+        Self {
+            step: CrossStep::Alternating(1.0),
+            check_every,
+            previous: None,
+            alternating_rate: None,
+            settled: false,
+        }
+    }
+
+    fn switch(&mut self, step: CrossStep, settled: bool) {
+        self.step = step;
+        self.settled = settled;
+        // The first ratio after a switch mixes two schemes: measure from the next check.
+        self.previous = None;
+    }
+
+    /// Plain alternating steps first; if they are slow, measure averaged steps; keep the
+    /// faster, over-relaxing the alternating ones with the rate they showed.
+    fn observe(&mut self, error: f64) {
+        let Some(previous) = self.previous.replace(error) else {
+            return;
+        };
+        let ratio = error / previous;
+        if !ratio.is_finite() || ratio >= 1.0 {
+            // Diverging over-relaxation, or rounding noise at the precision floor.
+            // A stalled plain alternating step is the 2-cycle of near-symmetric problems
+            // (identical clouds), which averaged steps damp.
+            match self.step {
+                CrossStep::Alternating(w) if w > 1.0 => {
+                    self.switch(CrossStep::Alternating(1.0), true);
+                }
+                CrossStep::Alternating(_) if !self.settled => {
+                    self.switch(CrossStep::Averaged, true);
+                }
+                _ => {}
+            }
+            return;
+        }
+        if self.settled {
+            return;
+        }
+        let rate = ratio.powf(1.0 / self.check_every as f64);
+        match (self.step, self.alternating_rate) {
+            // Fast (often the transient right after the descent): keep measuring.
+            (CrossStep::Alternating(_), None) if rate < Self::FAST => {}
+            (CrossStep::Alternating(_), None) => {
+                self.alternating_rate = Some(rate);
+                self.switch(CrossStep::Averaged, false);
+            }
+            (CrossStep::Averaged, Some(alternating)) if rate < alternating => self.settled = true,
+            (_, alternating) => {
+                let rate = alternating.unwrap_or(rate);
+                let w = (2.0 / (1.0 + (1.0 - rate).sqrt())).min(Self::MAX_OMEGA);
+                self.switch(CrossStep::Alternating(w), true);
+            }
+        }
+    }
+}
+
+/// The values of a small tensor, read on the host as `f64`.
+pub(crate) fn host_values(t: Tensor<1>) -> Vec<f64> {
+    t.into_data().try_to_vec_as::<f64>().expect("f64 data")
+}
+
+/// The differentiable softmin of the last step, on tensors: `softmin_eps(C(rows, cols), h)`
+/// with `rows` carrying the gradient and `cols`, `h` constants. The tensor-op and fused paths
+/// implement it; [`final_value`] is written once over it.
+pub(crate) trait TrackedSoftmin {
+    /// `softmin_eps(C(rows, cols), h)`, shape `[rows]`, differentiable in `rows` only.
+    fn softmin(&self, eps: f64, rows: &Tensor<2>, cols: &Tensor<2>, h: Tensor<1>) -> Tensor<1>;
+}
+
+/// `S = <a, f_ba - f_aa> + <b, g_ab - g_bb>` from one last softmin step taken from the
+/// converged (detached) potentials, each with the cost differentiable in its row cloud only
+/// (`C(x, y.detach())` for the potentials on `x`, and so on): autodiff through that step gives
+/// the envelope-theorem gradient `dS/dx_i = a_i (xbar_i - ybar_i)` of MATH.md, and the value is
+/// a difference of potentials, not of large numbers.
+pub(crate) fn final_value(
+    op: &impl TrackedSoftmin,
+    eps: f64,
+    (x, y): (&Tensor<2>, &Tensor<2>),
+    (a, b): (&Tensor<1>, &Tensor<1>),
+    p: Potentials<Tensor<1>>,
+) -> Tensor<1> {
+    let inv = 1.0 / eps;
+    let (a_log, b_log) = (log_weights(a.clone()), log_weights(b.clone()));
+    let f_ba = op.softmin(eps, x, y, b_log.clone() + p.g_ab.mul_scalar(inv));
+    let g_ab = op.softmin(eps, y, x, a_log.clone() + p.f_ba.mul_scalar(inv));
+    let f_aa = op.softmin(eps, x, x, a_log + p.f_aa.mul_scalar(inv));
+    let g_bb = op.softmin(eps, y, y, b_log + p.g_bb.mul_scalar(inv));
+    ((f_ba - f_aa) * a.clone()).sum() + ((g_ab - g_bb) * b.clone()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_descends_geometrically_to_the_target() {
+        // diameter 2 -> eps_0 = 2; factor 0.25: 2, 0.5, 0.125, then the target 0.1.
+        assert_eq!(
+            epsilon_schedule(2.0, 0.1, 0.5).unwrap(),
+            vec![2.0, 0.5, 0.125, 0.1]
+        );
+        // Zero diameter: the target alone.
+        assert_eq!(epsilon_schedule(0.0, 0.1, 0.9).unwrap(), vec![0.1]);
+        // Target above the diameter scale: the target alone.
+        assert_eq!(epsilon_schedule(0.1, 1.0, 0.9).unwrap(), vec![1.0]);
+    }
+
+    #[test]
+    fn schedule_refuses_what_would_never_end() {
+        for (diameter, eps, scaling) in [
+            (1.0, 0.1, 1.0),
+            (1.0, 0.1, 1.5),
+            (1.0, 0.0, 0.9),
+            (1.0, -1.0, 0.9),
+            (1.0, f64::NAN, 0.9),
+            (f64::INFINITY, 0.1, 0.9),
+            (f64::NAN, 0.1, 0.9),
+            (1e200, 0.1, 0.9),
+        ] {
+            assert!(
+                epsilon_schedule(diameter, eps, scaling).is_err(),
+                "{diameter} {eps} {scaling}"
+            );
+        }
+        // The largest finite diameter still gives a finite schedule.
+        let s = epsilon_schedule(1e150, 1e-6, 0.5).unwrap();
+        assert!(s.len() < 2000, "{}", s.len());
+    }
+
+    /// Feeds `observe` errors decaying at `rate` per iteration, `check_every` iterations apart.
+    fn observe_rate(m: &mut Momentum, start: f64, rate: f64, checks: usize) -> f64 {
+        let mut e = start;
+        for _ in 0..checks {
+            m.observe(e);
+            e *= rate.powi(m.check_every as i32);
+        }
+        e
+    }
+
+    #[test]
+    fn fast_alternating_steps_are_kept() {
+        let mut m = Momentum::new(5);
+        observe_rate(&mut m, 1.0, 0.5, 6);
+        assert_eq!(m.step, CrossStep::Alternating(1.0));
+    }
+
+    #[test]
+    fn slow_alternating_steps_are_over_relaxed_when_averaging_is_slower() {
+        let mut m = Momentum::new(5);
+        // Alternating at 0.99 per iteration: slow, so averaged steps are measured next.
+        let e = observe_rate(&mut m, 1.0, 0.99, 2);
+        assert_eq!(m.step, CrossStep::Averaged);
+        assert_eq!(m.alternating_rate.map(|r| (r * 1e6).round()), Some(990_000.0));
+        // Averaged steps at 0.995 are slower: over-relaxed alternating steps, settled.
+        let _ = observe_rate(&mut m, e, 0.995, 3);
+        let w = 2.0 / (1.0 + (1.0 - 0.99f64).sqrt());
+        match m.step {
+            CrossStep::Alternating(got) => assert!((got - w).abs() < 1e-9, "{got} vs {w}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(m.settled);
+    }
+
+    #[test]
+    fn averaged_steps_are_kept_when_faster() {
+        let mut m = Momentum::new(5);
+        let e = observe_rate(&mut m, 1.0, 0.99, 2);
+        let _ = observe_rate(&mut m, e, 0.9, 3);
+        assert_eq!(m.step, CrossStep::Averaged);
+        assert!(m.settled);
+    }
+
+    #[test]
+    fn a_growing_error_undoes_over_relaxation_or_a_stall() {
+        // Over-relaxed steps whose error grows fall back to plain alternating steps.
+        let mut m = Momentum::new(5);
+        m.switch(CrossStep::Alternating(1.8), true);
+        m.observe(1.0);
+        m.observe(2.0);
+        assert_eq!(m.step, CrossStep::Alternating(1.0));
+        assert!(m.settled);
+        // Plain alternating steps that stall (the 2-cycle of near-symmetric problems) switch
+        // to averaged steps for good.
+        let mut m = Momentum::new(5);
+        m.observe(1.0);
+        m.observe(1.0);
+        assert_eq!(m.step, CrossStep::Averaged);
+        assert!(m.settled);
+    }
+}

@@ -1,0 +1,813 @@
+//! The training configuration: a TOML file parsed into our own serde types ([`file`], every
+//! key optional with a documented default, unknown keys rejected), `--set key=value` overrides
+//! applied on the TOML table first ([`read`]), then validated once into a [`TrainConfig`] by
+//! one validator per section.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use fairrep_data::spec::SensitiveSpec;
+use fairrep_data::{SplitFractions, SyntheticConfig};
+use fairrep_loss::{Bandwidth, Divergence, MmdConfig, MmdEstimator, SinkhornConfig};
+use fairrep_model::{Activation, FairModelConfig, HeadConfig, HeadKind};
+
+pub mod file;
+pub mod read;
+
+pub use file::{
+    BandwidthSpec, ConfigFile, DataSection, EstimatorName, HeadSection, MmdSection,
+    ModelSection, OptimKind, OptimSection, PenaltyKind, PenaltySection, RESUMABLE_KEYS,
+    RunSection, SYNTHETIC, ScheduleKind, SinkhornSection,
+};
+pub use read::{apply_overrides, config_from_str, parse_config, read_config, read_config_file};
+
+/// An error in a configuration file or an override.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file `{}`: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not TOML.
+    #[error("malformed TOML in `{}` at line {line}, column {column}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key the schema does not know.
+    #[error("unknown key `{key}` in `{}`: {message}", path.display())]
+    UnknownKey {
+        /// The file.
+        path: PathBuf,
+        /// The dotted key.
+        key: String,
+        /// The valid keys of its table.
+        message: String,
+    },
+    /// A value of the wrong type.
+    #[error("invalid value in `{}`{}: {message}", path.display(), location.as_deref().unwrap_or(""))]
+    Value {
+        /// The file.
+        path: PathBuf,
+        /// `" at line L, column C, key `k`"` when known.
+        location: Option<String>,
+        /// What was expected and found.
+        message: String,
+    },
+    /// `--set` without `=`.
+    #[error("--set `{arg}`: expected KEY=VALUE (e.g. penalty.lambda=0.5)")]
+    SetSyntax {
+        /// The argument.
+        arg: String,
+    },
+    /// `--set` of a key the schema does not know.
+    #[error("--set `{key}`: no such key: {message}")]
+    SetUnknownKey {
+        /// The key.
+        key: String,
+        /// The valid keys of its table.
+        message: String,
+    },
+    /// `--set` of a value of the wrong type.
+    #[error("--set `{key}`: {message}")]
+    SetValue {
+        /// The key.
+        key: String,
+        /// What was expected and found.
+        message: String,
+    },
+    /// A value out of its range.
+    #[error("invalid configuration (`{}`): `{key}`: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The dotted key.
+        key: String,
+        /// What was expected and found.
+        message: String,
+    },
+}
+
+/// Where the data comes from.
+#[derive(Debug, Clone)]
+pub enum DatasetSource {
+    /// The built-in generator.
+    Synthetic(SyntheticConfig),
+    /// A spec name or path, resolved against the specs directory.
+    Spec(String),
+}
+
+/// Validated `[data]`.
+#[derive(Debug, Clone)]
+pub struct DataConfig {
+    /// The dataset.
+    pub source: DatasetSource,
+    /// Replaces the spec's sensitive attribute.
+    pub sensitive: Option<SensitiveSpec>,
+    /// The tasks to train on (default: all but the held-out ones).
+    pub tasks: Option<Vec<String>>,
+    /// Tasks kept for transfer.
+    pub held_out_tasks: Vec<String>,
+    /// Keep the sensitive and task columns as inputs.
+    pub aware: bool,
+    /// Fractions of a random split.
+    pub split: Option<SplitFractions>,
+    /// Seed of the split and of the synthetic generator.
+    pub split_seed: u64,
+    /// Minibatch size.
+    pub batch_size: usize,
+}
+
+/// Validated `[model]`; the input size and the task names come from the data.
+#[derive(Debug, Clone)]
+pub struct ModelSettings {
+    /// Hidden widths of the encoder.
+    pub encoder_widths: Vec<usize>,
+    /// Size of `z`.
+    pub latent: usize,
+    /// The non-linearity.
+    pub activation: Activation,
+    /// Encoder dropout.
+    pub dropout: f64,
+    /// Every task's head unless overridden.
+    pub default_head: HeadKind,
+    /// Per-task heads.
+    pub heads: BTreeMap<String, HeadKind>,
+}
+
+impl ModelSettings {
+    /// The model for `n_features` inputs and the given tasks. A `[model.heads.NAME]` whose
+    /// NAME is not one of `tasks` is an error listing the tasks.
+    pub fn model_config(
+        &self,
+        n_features: usize,
+        tasks: &[String],
+        source: &Path,
+    ) -> Result<FairModelConfig, ConfigError> {
+        if let Some(name) = self.heads.keys().find(|h| !tasks.contains(h)) {
+            return Err(ConfigError::Invalid {
+                path: source.to_path_buf(),
+                key: format!("model.heads.{name}"),
+                message: format!(
+                    "`{name}` is not a task of this run; tasks: [{}]",
+                    tasks.join(", ")
+                ),
+            });
+        }
+        Ok(FairModelConfig {
+            n_features,
+            encoder_widths: self.encoder_widths.clone(),
+            latent: self.latent,
+            activation: self.activation,
+            dropout: self.dropout,
+            heads: tasks
+                .iter()
+                .map(|name| HeadConfig {
+                    name: name.clone(),
+                    kind: self
+                        .heads
+                        .get(name)
+                        .cloned()
+                        .unwrap_or_else(|| self.default_head.clone()),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Validated `[penalty]`.
+#[derive(Debug, Clone)]
+pub struct PenaltyConfig {
+    /// The divergence (`None` when `kind = "none"`). With `lambda = 0` it is not trained on but
+    /// is still measured on validation and test.
+    pub divergence: Option<Divergence>,
+    /// The penalty's weight.
+    pub lambda: f64,
+    /// Points of the validation / test penalty.
+    pub eval_max_points: usize,
+}
+
+impl PenaltyConfig {
+    /// The divergence trained on: `None` without a penalty or with `lambda = 0`.
+    pub fn trained(&self) -> Option<&Divergence> {
+        self.divergence.as_ref().filter(|_| self.lambda > 0.0)
+    }
+}
+
+/// The learning-rate schedule, a pure function of the epoch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Schedule {
+    /// `lr` at every epoch.
+    Constant,
+    /// `min + (lr - min) (1 + cos(pi t / T)) / 2` with `t` the epoch (0-based), `T` the epochs.
+    Cosine {
+        /// The final rate.
+        min_lr: f64,
+    },
+    /// `lr gamma^floor(epoch / step_size)`.
+    Step {
+        /// Epochs per step.
+        step_size: usize,
+        /// The factor per step.
+        gamma: f64,
+    },
+}
+
+/// Validated `[optim]`.
+#[derive(Debug, Clone)]
+pub struct OptimConfig {
+    /// Adam or AdamW.
+    pub kind: OptimKind,
+    /// Base learning rate.
+    pub lr: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Epochs.
+    pub epochs: usize,
+    /// The schedule.
+    pub schedule: Schedule,
+    /// Gradient clipping norm.
+    pub grad_clip: Option<f64>,
+}
+
+impl OptimConfig {
+    /// The learning rate of (0-based) `epoch`.
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        match self.schedule {
+            Schedule::Constant => self.lr,
+            Schedule::Cosine { min_lr } => {
+                let t = epoch as f64 / self.epochs.max(1) as f64;
+                min_lr + (self.lr - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+            Schedule::Step { step_size, gamma } => self.lr * gamma.powi((epoch / step_size) as i32),
+        }
+    }
+}
+
+/// A configuration validated once; `file` is what gets saved in the run directory.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    /// The resolved file (every key).
+    pub file: ConfigFile,
+    /// The file it was read from (for errors and the run name).
+    pub source: PathBuf,
+    /// `[data]`.
+    pub data: DataConfig,
+    /// `[model]`.
+    pub model: ModelSettings,
+    /// `[penalty]`.
+    pub penalty: PenaltyConfig,
+    /// `[optim]`.
+    pub optim: OptimConfig,
+}
+
+/// Builds [`ConfigError::Invalid`] for one file.
+struct Invalid<'a>(&'a Path);
+
+impl Invalid<'_> {
+    fn at(&self, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.0.to_path_buf(),
+            key: key.into(),
+            message,
+        }
+    }
+}
+
+impl DataSection {
+    /// Validates `[data]`; a synthetic dataset gets every generator key written out, so the
+    /// run directory's `config.toml` is explicit.
+    fn validate(&mut self, invalid: &Invalid<'_>) -> Result<DataConfig, ConfigError> {
+        let source = if self.dataset == SYNTHETIC {
+            let synthetic = self.synthetic.get_or_insert_with(SyntheticConfig::default);
+            synthetic
+                .validate()
+                .map_err(|e| invalid.at("data.synthetic", e.to_string()))?;
+            DatasetSource::Synthetic(synthetic.clone())
+        } else {
+            if self.synthetic.is_some() {
+                return Err(invalid.at(
+                    "data.synthetic",
+                    format!(
+                        "only used with dataset = \"synthetic\", but dataset = {:?}",
+                        self.dataset
+                    ),
+                ));
+            }
+            if self.dataset.trim().is_empty() {
+                return Err(invalid.at("data.dataset", "must not be empty".into()));
+            }
+            DatasetSource::Spec(self.dataset.clone())
+        };
+        if self.batch_size < 2 {
+            return Err(invalid.at(
+                "data.batch_size",
+                format!("must be at least 2, found {}", self.batch_size),
+            ));
+        }
+        if let Some(split) = &self.split {
+            split
+                .validate()
+                .map_err(|e| invalid.at("data.split", e.to_string()))?;
+        }
+        let twice = |list: &[String]| {
+            list.iter()
+                .enumerate()
+                .find(|(i, t)| list[..*i].contains(t))
+                .map(|(_, t)| t.clone())
+        };
+        if let Some(tasks) = &self.tasks {
+            if tasks.is_empty() {
+                return Err(invalid.at("data.tasks", "must name at least one task".into()));
+            }
+            if let Some(t) = twice(tasks) {
+                return Err(invalid.at("data.tasks", format!("`{t}` is listed twice")));
+            }
+        }
+        if let Some(t) = twice(&self.held_out_tasks) {
+            return Err(invalid.at("data.held_out_tasks", format!("`{t}` is listed twice")));
+        }
+        Ok(DataConfig {
+            source,
+            sensitive: self.sensitive.clone(),
+            tasks: self.tasks.clone(),
+            held_out_tasks: self.held_out_tasks.clone(),
+            aware: self.aware,
+            split: self.split,
+            split_seed: self.split_seed,
+            batch_size: self.batch_size,
+        })
+    }
+}
+
+impl ModelSection {
+    /// Validates `[model]` (the head names are checked against the tasks later, in
+    /// [`ModelSettings::model_config`]).
+    fn validate(&self, invalid: &Invalid<'_>) -> Result<ModelSettings, ConfigError> {
+        if self.latent == 0 {
+            return Err(invalid.at("model.latent", "must be positive, found 0".into()));
+        }
+        if self.encoder_widths.contains(&0) {
+            return Err(invalid.at(
+                "model.encoder_widths",
+                format!("widths must be positive, found {:?}", self.encoder_widths),
+            ));
+        }
+        if !self.dropout.is_finite() || !(0.0..1.0).contains(&self.dropout) {
+            return Err(invalid.at(
+                "model.dropout",
+                format!("must be in [0, 1), found {}", self.dropout),
+            ));
+        }
+        let check_hidden = |key: &str, kind: HeadKind| match &kind {
+            HeadKind::Mlp { hidden } if hidden.is_empty() || hidden.contains(&0) => Err(invalid
+                .at(
+                    key,
+                    format!("an mlp head needs positive hidden widths, found {hidden:?}"),
+                )),
+            _ => Ok(kind),
+        };
+        let default_head = check_hidden("model.head_hidden", self.head.with_hidden(&self.head_hidden))?;
+        let mut heads = BTreeMap::new();
+        for (task, h) in &self.heads {
+            let kind = h.kind.unwrap_or(self.head);
+            let hidden = h.hidden.as_deref().unwrap_or(&self.head_hidden);
+            let key = format!("model.heads.{task}.hidden");
+            heads.insert(task.clone(), check_hidden(&key, kind.with_hidden(hidden))?);
+        }
+        Ok(ModelSettings {
+            encoder_widths: self.encoder_widths.clone(),
+            latent: self.latent,
+            activation: self.activation,
+            dropout: self.dropout,
+            default_head,
+            heads,
+        })
+    }
+}
+
+impl PenaltySection {
+    /// Validates `[penalty]` with the divergences' own validation (`fairrep_loss`), so the
+    /// trainer and the `fairrep divergence` command accept the same ranges.
+    fn validate(&self, invalid: &Invalid<'_>) -> Result<PenaltyConfig, ConfigError> {
+        if !self.lambda.is_finite() || self.lambda < 0.0 {
+            return Err(invalid.at(
+                "penalty.lambda",
+                format!("must be a finite number >= 0, found {}", self.lambda),
+            ));
+        }
+        if self.eval_max_points < 2 {
+            return Err(invalid.at(
+                "penalty.eval_max_points",
+                format!("must be at least 2, found {}", self.eval_max_points),
+            ));
+        }
+        let divergence = match self.kind {
+            PenaltyKind::None => None,
+            PenaltyKind::Mmd => {
+                let bandwidth = match &self.mmd.bandwidths {
+                    BandwidthSpec::Name(name) if name == "median" => Bandwidth::Median,
+                    BandwidthSpec::Name(other) => {
+                        return Err(invalid.at(
+                            "penalty.mmd.bandwidths",
+                            format!("expected a list of numbers or \"median\", found {other:?}"),
+                        ));
+                    }
+                    BandwidthSpec::List(list) => Bandwidth::Fixed(list.clone()),
+                };
+                let config = MmdConfig {
+                    bandwidth,
+                    estimator: match self.mmd.estimator {
+                        EstimatorName::Biased => MmdEstimator::Biased,
+                        EstimatorName::Unbiased => MmdEstimator::Unbiased,
+                    },
+                };
+                config
+                    .validate()
+                    .map_err(|e| invalid.at("penalty.mmd", e.to_string()))?;
+                Some(Divergence::Mmd(config))
+            }
+            PenaltyKind::Sinkhorn => {
+                let s = &self.sinkhorn;
+                let eps = match (s.blur, s.eps) {
+                    (Some(blur), None) => blur * blur,
+                    (None, Some(eps)) => eps,
+                    (blur, eps) => {
+                        return Err(invalid.at(
+                            "penalty.sinkhorn",
+                            format!(
+                                "set exactly one of `blur` and `eps` (eps = blur^2), found blur \
+                                 = {blur:?}, eps = {eps:?}"
+                            ),
+                        ));
+                    }
+                };
+                let config = SinkhornConfig {
+                    eps,
+                    scaling: s.scaling,
+                    tolerance: s.tolerance,
+                    max_iters: s.max_iters,
+                    check_every: s.check_every,
+                };
+                config
+                    .validate()
+                    .map_err(|e| invalid.at("penalty.sinkhorn", e.to_string()))?;
+                Some(Divergence::Sinkhorn(config))
+            }
+        };
+        Ok(PenaltyConfig {
+            divergence,
+            lambda: self.lambda,
+            eval_max_points: self.eval_max_points,
+        })
+    }
+}
+
+impl OptimSection {
+    /// Validates `[optim]`.
+    fn validate(&self, invalid: &Invalid<'_>) -> Result<OptimConfig, ConfigError> {
+        if !self.lr.is_finite() || self.lr <= 0.0 {
+            return Err(invalid.at("optim.lr", format!("must be positive, found {}", self.lr)));
+        }
+        if !self.weight_decay.is_finite() || self.weight_decay < 0.0 {
+            return Err(invalid.at(
+                "optim.weight_decay",
+                format!("must be >= 0, found {}", self.weight_decay),
+            ));
+        }
+        if self.epochs == 0 {
+            return Err(invalid.at("optim.epochs", "must be positive, found 0".into()));
+        }
+        let schedule = match self.schedule {
+            ScheduleKind::Constant => Schedule::Constant,
+            ScheduleKind::Cosine => {
+                if !(0.0..=self.lr).contains(&self.min_lr) {
+                    return Err(invalid.at(
+                        "optim.min_lr",
+                        format!("must be in [0, lr = {}], found {}", self.lr, self.min_lr),
+                    ));
+                }
+                Schedule::Cosine {
+                    min_lr: self.min_lr,
+                }
+            }
+            ScheduleKind::Step => {
+                if self.step_size == 0 || !(self.gamma > 0.0 && self.gamma <= 1.0) {
+                    return Err(invalid.at(
+                        "optim",
+                        format!(
+                            "step schedule needs step_size > 0 and gamma in (0, 1], found \
+                             step_size = {}, gamma = {}",
+                            self.step_size, self.gamma
+                        ),
+                    ));
+                }
+                Schedule::Step {
+                    step_size: self.step_size,
+                    gamma: self.gamma,
+                }
+            }
+        };
+        if let Some(clip) = self.grad_clip
+            && !(clip.is_finite() && clip > 0.0)
+        {
+            return Err(invalid.at("optim.grad_clip", format!("must be positive, found {clip}")));
+        }
+        Ok(OptimConfig {
+            kind: self.kind,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            epochs: self.epochs,
+            schedule,
+            grad_clip: self.grad_clip,
+        })
+    }
+}
+
+impl RunSection {
+    /// Validates `[run]`: a run name is one plain file name (no separator, no `..`), so the run
+    /// directory stays inside `out_dir`; `stop_after_epoch` is before the last epoch.
+    fn validate(&self, epochs: usize, invalid: &Invalid<'_>) -> Result<(), ConfigError> {
+        if let Some(name) = &self.name {
+            let plain = !name.is_empty()
+                && name != "."
+                && name != ".."
+                && !name.contains(['/', '\\'])
+                && !name.starts_with('.')
+                && !name.chars().any(char::is_control);
+            if !plain {
+                return Err(invalid.at(
+                    "run.name",
+                    format!(
+                        "must be a plain name (no path separator, not starting with `.`), found \
+                         {name:?}"
+                    ),
+                ));
+            }
+        }
+        if let Some(stop) = self.stop_after_epoch
+            && (stop == 0 || stop >= epochs)
+        {
+            return Err(invalid.at(
+                "run.stop_after_epoch",
+                format!("must be in 1..{epochs} (epochs), found {stop}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TrainConfig {
+    /// Reads, overrides and validates a configuration file.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let file = read_config_file(path, overrides)?;
+        Self::from_file(file, path)
+    }
+
+    /// Validates a parsed file, section by section.
+    pub fn from_file(mut file: ConfigFile, source: &Path) -> Result<Self, ConfigError> {
+        let invalid = Invalid(source);
+        let data = file.data.validate(&invalid)?;
+        let model = file.model.validate(&invalid)?;
+        let penalty = file.penalty.validate(&invalid)?;
+        let optim = file.optim.validate(&invalid)?;
+        file.run.validate(optim.epochs, &invalid)?;
+        Ok(Self {
+            source: source.to_path_buf(),
+            data,
+            model,
+            penalty,
+            optim,
+            file,
+        })
+    }
+
+    /// The run seed.
+    pub fn seed(&self) -> u64 {
+        self.file.run.seed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::DeviceChoice;
+
+    fn parse(text: &str, overrides: &[&str]) -> Result<ConfigFile, ConfigError> {
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        config_from_str(text, Path::new("test.toml"), &overrides)
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let file = parse("", &[]).unwrap();
+        assert_eq!(file, ConfigFile::default());
+        let cfg = TrainConfig::from_file(file, Path::new("x.toml")).unwrap();
+        assert!(cfg.penalty.divergence.is_none());
+        assert_eq!(cfg.optim.epochs, 20);
+    }
+
+    #[test]
+    fn malformed_toml_names_line_and_column() {
+        let err = parse("[data]\nbatch_size = 12\nlr = = 3\n", &[]).unwrap_err();
+        match err {
+            ConfigError::Parse { line, column, .. } => {
+                assert_eq!(line, 3);
+                assert!(column >= 5, "column {column}");
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_table() {
+        let err = parse("[penalty.mmd]\nbandwidth = [1.0]\n", &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("penalty.mmd.bandwidth"), "{msg}");
+        assert!(msg.contains("bandwidths"), "{msg}");
+        let err = parse("[optim]\nlearning_rate = 1\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("optim.learning_rate"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_has_location_and_key() {
+        let err = parse("[optim]\nepochs = \"ten\"\n", &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("line 2") && msg.contains("key `optim.epochs`"), "{msg}");
+        let err = parse("[penalty.mmd]\nbandwidths = 0.5\n", &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("penalty.mmd.bandwidths") && msg.contains("a list of positive numbers"),
+            "{msg}"
+        );
+        assert!(!msg.contains("untagged"), "{msg}");
+    }
+
+    #[test]
+    fn run_names_stay_inside_the_output_folder() {
+        for bad in ["../up", "/abs", "a/b", "..", ".hidden", ""] {
+            let file = parse("", &[&format!("run.name={}", toml::Value::String(bad.into()))])
+                .unwrap();
+            let e = TrainConfig::from_file(file, Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("run.name"), "{bad}: {e}");
+        }
+        let file = parse("", &["run.name=adult-mmd"]).unwrap();
+        assert!(TrainConfig::from_file(file, Path::new("x.toml")).is_ok());
+    }
+
+    #[test]
+    fn one_sinkhorn_range_and_duplicate_tasks() {
+        let base = "[penalty]\nkind = \"sinkhorn\"\n[penalty.sinkhorn]\neps = 0.1\n";
+        for set in [
+            "penalty.sinkhorn.scaling=0.99",
+            "penalty.sinkhorn.tolerance=0",
+            "penalty.sinkhorn.max_iters=0",
+            "penalty.sinkhorn.check_every=0",
+        ] {
+            let file = parse(base, &[set]).unwrap();
+            let e = TrainConfig::from_file(file, Path::new("x")).unwrap_err().to_string();
+            assert!(e.contains("penalty.sinkhorn"), "{set}: {e}");
+        }
+        let file = parse("[data]\ntasks = [\"a\", \"a\"]\n", &[]).unwrap();
+        let e = TrainConfig::from_file(file, Path::new("x")).unwrap_err().to_string();
+        assert!(e.contains("listed twice"), "{e}");
+    }
+
+    #[test]
+    fn head_overrides_must_name_tasks() {
+        let file = parse("[model.heads.nope]\nkind = \"mlp\"\n", &[]).unwrap();
+        let cfg = TrainConfig::from_file(file, Path::new("x.toml")).unwrap();
+        let tasks = vec!["task0".to_string(), "task1".to_string()];
+        let e = cfg
+            .model
+            .model_config(4, &tasks, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.heads.nope") && e.contains("task0, task1"), "{e}");
+    }
+
+    #[test]
+    fn overrides_apply_and_parse_values() {
+        let file = parse(
+            "[penalty]\nkind = \"mmd\"\n",
+            &[
+                "penalty.lambda=0.25",
+                "penalty.mmd.bandwidths=[0.5, 1.0]",
+                "run.name=hello",
+                "model.heads.income.kind=mlp",
+            ],
+        )
+        .unwrap();
+        assert_eq!(file.penalty.lambda, 0.25);
+        assert_eq!(
+            file.penalty.mmd.bandwidths,
+            BandwidthSpec::List(vec![0.5, 1.0])
+        );
+        assert_eq!(file.run.name.as_deref(), Some("hello"));
+        assert_eq!(file.model.heads["income"].kind, Some(fairrep_model::HeadName::Mlp));
+    }
+
+    #[test]
+    fn override_of_unknown_key_lists_valid_keys() {
+        let err = parse("", &["penalty.lamda=1"]).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ConfigError::SetUnknownKey { .. }), "{msg}");
+        assert!(
+            msg.contains("penalty.lamda") && msg.contains("lambda"),
+            "{msg}"
+        );
+        let err = parse("", &["nosuch.key=1"]).unwrap_err();
+        assert!(matches!(err, ConfigError::SetUnknownKey { .. }), "{err}");
+        let err = parse("", &["optim.epochs=many"]).unwrap_err();
+        assert!(matches!(err, ConfigError::SetValue { .. }), "{err}");
+        let err = parse("", &["optim.epochs"]).unwrap_err();
+        assert!(matches!(err, ConfigError::SetSyntax { .. }), "{err}");
+    }
+
+    #[test]
+    fn sinkhorn_needs_exactly_one_of_blur_and_eps() {
+        let base = "[penalty]\nkind = \"sinkhorn\"\n[penalty.sinkhorn]\n";
+        let both = parse(&format!("{base}blur = 0.1\neps = 0.01\n"), &[]).unwrap();
+        assert!(TrainConfig::from_file(both, Path::new("x")).is_err());
+        let none = parse(base, &[]).unwrap();
+        assert!(TrainConfig::from_file(none, Path::new("x")).is_err());
+        let blur = parse(&format!("{base}blur = 0.1\n"), &[]).unwrap();
+        let cfg = TrainConfig::from_file(blur, Path::new("x")).unwrap();
+        match cfg.penalty.divergence {
+            Some(Divergence::Sinkhorn(s)) => assert!((s.eps - 0.01).abs() < 1e-15),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn round_trip_through_toml() {
+        let file = parse(
+            "[data]\nsplit = { train = 0.6, valid = 0.2, test = 0.2 }\n[penalty]\nkind = \
+             \"mmd\"\n[optim]\ngrad_clip = 1.0\n[model.heads.a]\nkind = \"mlp\"\n",
+            &["data.synthetic.n_train=100"],
+        )
+        .unwrap();
+        let text = file.to_toml();
+        let back = parse(&text, &[]).unwrap();
+        assert_eq!(back, file);
+        assert!(file.differences(&back).is_empty());
+        let mut other = back.clone();
+        other.penalty.lambda = 3.0;
+        other.run.device = DeviceChoice::Flex;
+        let diff = file.differences(&other);
+        assert_eq!(diff.len(), 1, "{diff:?}");
+        assert!(diff[0].starts_with("penalty.lambda"));
+    }
+
+    #[test]
+    fn every_shipped_config_parses_and_validates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let cfg = TrainConfig::load(&path, &[])
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                // Round trip of the resolved form.
+                let text = cfg.file.to_toml();
+                let back = config_from_str(&text, &path, &[]).unwrap();
+                assert_eq!(back, cfg.file, "{}", path.display());
+                n += 1;
+            }
+        }
+        assert!(n >= 5, "found only {n} configs in {}", dir.display());
+    }
+
+    #[test]
+    fn schedules() {
+        let mut o = OptimConfig {
+            kind: OptimKind::Adam,
+            lr: 1.0,
+            weight_decay: 0.0,
+            epochs: 10,
+            schedule: Schedule::Cosine { min_lr: 0.0 },
+            grad_clip: None,
+        };
+        assert!((o.lr_at(0) - 1.0).abs() < 1e-12);
+        assert!((o.lr_at(5) - 0.5).abs() < 1e-12);
+        o.schedule = Schedule::Step {
+            step_size: 3,
+            gamma: 0.5,
+        };
+        assert_eq!(o.lr_at(2), 1.0);
+        assert_eq!(o.lr_at(3), 0.5);
+        assert_eq!(o.lr_at(6), 0.25);
+    }
+}

@@ -1,0 +1,785 @@
+//! The training loop (hand-written, not burn's `Learner`), as named steps: open the session
+//! (device, resumed state, data, model, run directory), train each epoch, validate it, record
+//! it (metrics, curves, checkpoint), and finish (test split with the best weights, summary).
+//!
+//! Per epoch `e` (0-based): the device RNG (dropout) is reseeded from `(run.seed, e)`, the
+//! train split is cut into group-stratified minibatches seeded from `(run.seed, e)`, and each
+//! batch takes one Adam/AdamW step on
+//!
+//! ```text
+//! L = (1/T) sum_t loss_t  +  lambda * fairness_penalty(z, groups)
+//! ```
+//!
+//! (`loss_t` = BCE-with-logits for binary tasks, MSE for regression tasks; the penalty is
+//! skipped when `penalty.kind = "none"` or `lambda = 0`). The learning rate is a function of
+//! the epoch only. Everything that changes between epochs is in the checkpoint, so a resumed
+//! run replays the remaining epochs exactly. A step whose loss is not finite stops the run with
+//! an error naming the epoch and step; the last checkpoint is left as it was.
+//!
+//! **Model selection**: after every epoch the model is evaluated on the validation split; the
+//! best epoch is the one with the lowest `valid task loss + lambda * valid penalty` (the
+//! validation objective; the earliest wins ties). The test split is evaluated once, at the
+//! end, with the best epoch's weights.
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::grad_clipping::GradientClippingConfig;
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor, TensorData};
+use fairrep_data::fs::{self as fsutil, FsError};
+use fairrep_data::spec::TaskKind;
+use fairrep_data::{DataError, Dataset, Encoding, StratifiedBatches, epoch_seed};
+use fairrep_loss::{LossError, fairness_penalty};
+use fairrep_model::{FairModel, FairModelConfig};
+use tracing::{debug, info, warn};
+
+use crate::checkpoint::{self, CheckpointError, RunLock};
+use crate::config::{ConfigError, OptimConfig, OptimKind, TrainConfig};
+use crate::data::{LoadError, load_dataset};
+use crate::device::{DeviceError, SelectedDevice, select_device};
+use crate::eval::{EvalError, evaluate, rows_tensor};
+use crate::losses::{bce_with_logits, mse};
+use crate::plot::training_curves;
+use crate::records::{
+    BURN_VERSION, BestEpoch, CONFIG_FILE, CURVES_FILE, EpochRecord, MANIFEST_FORMAT, Manifest,
+    SUMMARY_FILE, Summary, TrainLosses, TrainPenaltyDiagnostics,
+};
+use crate::run_dir::{append_metrics, create_run_dir, write_metrics_file};
+
+/// Salt separating the dropout seeds from the batch seeds.
+const DROPOUT_SALT: u64 = 0x0D20_9047_5EED_0001;
+/// Seed of the validation / test penalty subsamples (fixed, so epochs are comparable).
+const EVAL_SEED: u64 = 0xE7A1;
+
+/// Why training failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The device.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The data.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Minibatches cannot be made.
+    #[error("dataset `{dataset}`: cannot make minibatches: {source}")]
+    Batches {
+        /// The dataset.
+        dataset: String,
+        /// Why.
+        #[source]
+        source: Box<DataError>,
+    },
+    /// A checkpoint cannot be written or read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A run-directory file cannot be written.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// Evaluation failed.
+    #[error(transparent)]
+    Eval(#[from] EvalError),
+    /// The checkpoint does not fit this configuration or data.
+    #[error("cannot resume from `{}`: {message}", run_dir.display())]
+    Resume {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// What differs.
+        message: String,
+    },
+    /// A training step's loss or penalty is not finite.
+    #[error(
+        "training diverged at epoch {epoch}, step {step} of {steps}: {what}; the run directory \
+         keeps its last checkpoint{last}; try a lower optim.lr or penalty.lambda"
+    )]
+    Diverged {
+        /// 1-based epoch.
+        epoch: usize,
+        /// 1-based step inside the epoch.
+        step: usize,
+        /// Steps per epoch.
+        steps: usize,
+        /// What is not finite.
+        what: String,
+        /// ` (epoch N)`, or nothing before the first checkpoint.
+        last: String,
+    },
+    /// The run ended without any epoch to evaluate.
+    #[error("run `{}` has no epoch to evaluate", run_dir.display())]
+    NoEpoch {
+        /// The run directory.
+        run_dir: PathBuf,
+    },
+}
+
+/// What `fairrep train` was asked to do.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// The validated configuration.
+    pub config: TrainConfig,
+    /// `--data-dir` (else `$FAIRREP_DATA_DIR`).
+    pub data_dir: Option<PathBuf>,
+    /// `--resume RUN_DIR`.
+    pub resume: Option<PathBuf>,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum TrainOutcome {
+    /// Every epoch ran; the summary.
+    Finished(Box<Summary>),
+    /// `run.stop_after_epoch` was reached; `--resume run_dir` continues.
+    Stopped {
+        /// The last epoch run.
+        epoch: usize,
+        /// The run directory.
+        run_dir: PathBuf,
+    },
+}
+
+fn build_optimizer(o: &OptimConfig) -> ModuleOptimizer {
+    let clip = o.grad_clip.map(|c| GradientClippingConfig::Norm(c as f32));
+    match o.kind {
+        OptimKind::Adam => AdamConfig::new()
+            .with_weight_decay(
+                (o.weight_decay > 0.0).then(|| WeightDecayConfig::new(o.weight_decay as f32)),
+            )
+            .with_grad_clipping(clip)
+            .init(),
+        OptimKind::Adamw => AdamWConfig::new()
+            .with_weight_decay(o.weight_decay as f32)
+            .with_grad_clipping(clip)
+            .init(),
+    }
+}
+
+fn scalar(t: Tensor<1>) -> f64 {
+    f64::from(t.into_scalar::<f32>())
+}
+
+/// What a resumed run starts from.
+struct ResumeState {
+    run_dir: PathBuf,
+    dir: PathBuf,
+    manifest: Manifest,
+    lock: RunLock,
+}
+
+/// Step 1 of a resume: lock the run, repair what a killed session left
+/// ([`checkpoint::reconcile`]), check the checkpoint against the configuration.
+fn open_resume(run_dir: &Path, cfg: &TrainConfig) -> Result<ResumeState, TrainError> {
+    let lock = RunLock::acquire(run_dir)?;
+    let (dir, manifest) = checkpoint::reconcile(run_dir)?;
+    let resume_err = |message: String| TrainError::Resume {
+        run_dir: run_dir.to_path_buf(),
+        message,
+    };
+    if manifest.format != MANIFEST_FORMAT {
+        return Err(resume_err(format!(
+            "checkpoint format {} is not the supported {MANIFEST_FORMAT}",
+            manifest.format
+        )));
+    }
+    let diffs = manifest.config.differences(&cfg.file);
+    if !diffs.is_empty() {
+        return Err(resume_err(format!(
+            "the configuration does not match the checkpoint's ({}), key: checkpoint vs now: {}",
+            dir.join(checkpoint::MANIFEST_FILE).display(),
+            diffs.join("; ")
+        )));
+    }
+    if manifest.burn_version != BURN_VERSION {
+        warn!(
+            "checkpoint written with burn {}, this is burn {BURN_VERSION}",
+            manifest.burn_version
+        );
+    }
+    Ok(ResumeState {
+        run_dir: run_dir.to_path_buf(),
+        dir,
+        manifest,
+        lock,
+    })
+}
+
+/// A resumed run's data must be what the checkpoint was trained on: schema and statistics.
+fn check_resumed_data(dataset: &Dataset, r: &ResumeState) -> Result<(), TrainError> {
+    let to_json = |v: &dyn erased::Json| v.json();
+    let schema = to_json(&dataset.schema);
+    let saved = to_json(&r.manifest.schema);
+    let prep = to_json(&dataset.preprocessing);
+    let saved_prep = to_json(&r.manifest.preprocessing);
+    let mismatch = json_difference(&saved, &schema, "schema")
+        .or_else(|| json_difference(&saved_prep, &prep, "preprocessing"));
+    match mismatch {
+        Some(what) => Err(TrainError::Resume {
+            run_dir: r.run_dir.clone(),
+            message: format!("the data does not match the checkpoint's: {what}"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Serialising the schema and statistics to JSON values for [`json_difference`].
+mod erased {
+    pub(super) trait Json {
+        fn json(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> serde_json::Value {
+            serde_json::to_value(self).expect("the schema and statistics serialise")
+        }
+    }
+}
+
+/// Everything an open session trains with.
+struct Session {
+    cfg: TrainConfig,
+    selected: SelectedDevice,
+    dataset: Dataset,
+    model_cfg: FairModelConfig,
+    model: FairModel,
+    optim: ModuleOptimizer,
+    run_dir: PathBuf,
+    history: Vec<EpochRecord>,
+    best: Option<BestEpoch>,
+    start_epoch: usize,
+    train_seconds: f64,
+    run_id: String,
+    _lock: RunLock,
+}
+
+impl Session {
+    /// Step 1: device, resumed state, data, model and optimiser, run directory.
+    fn open(opts: TrainOptions) -> Result<Self, TrainError> {
+        let cfg = opts.config;
+        let seed = cfg.seed();
+        let selected = select_device(cfg.file.run.device)?;
+        info!("device: {}", selected.description);
+        let ad = selected.device.clone().autodiff();
+        let resume = match &opts.resume {
+            Some(dir) => Some(open_resume(dir, &cfg)?),
+            None => None,
+        };
+        // A resumed run reloads the data exactly as the first session did (the preprocessing
+        // is refitted on the same train split, hence bit-identical) and checks it against the
+        // checkpoint's schema and statistics.
+        let dataset = load_dataset(&cfg.data, opts.data_dir.as_deref(), Encoding::Fit)?;
+        if let Some(r) = &resume {
+            check_resumed_data(&dataset, r)?;
+        }
+        info!(
+            "dataset {}: {} train / {} valid / {} test rows, {} features, groups {:?}, tasks {:?}",
+            dataset.name,
+            dataset.train.len(),
+            dataset.valid.len(),
+            dataset.test.len(),
+            dataset.n_features(),
+            dataset.schema.groups,
+            dataset.task_names()
+        );
+        let model_cfg =
+            cfg.model
+                .model_config(dataset.n_features(), &dataset.task_names(), &cfg.source)?;
+        ad.seed(seed);
+        let mut model = model_cfg.init(&ad);
+        let mut optim = build_optimizer(&cfg.optim);
+        info!("model: {} parameters", model.num_params());
+        let session = match resume {
+            Some(r) => {
+                model = checkpoint::load_model(&r.dir, &r.manifest, model)?;
+                optim = checkpoint::load_optimizer(&r.dir, &r.manifest, optim)?;
+                write_metrics_file(&r.run_dir, &r.manifest.history)?;
+                info!(
+                    "resuming {} after epoch {} (checkpoint {})",
+                    r.run_dir.display(),
+                    r.manifest.epoch,
+                    r.dir.display()
+                );
+                let run_id = if r.manifest.run_id.is_empty() {
+                    r.run_dir.to_string_lossy().into_owned()
+                } else {
+                    r.manifest.run_id.clone()
+                };
+                Session {
+                    run_dir: r.run_dir,
+                    history: r.manifest.history,
+                    best: r.manifest.best,
+                    start_epoch: r.manifest.epoch,
+                    train_seconds: r.manifest.train_seconds,
+                    run_id,
+                    _lock: r.lock,
+                    cfg,
+                    selected,
+                    dataset,
+                    model_cfg,
+                    model,
+                    optim,
+                }
+            }
+            None => {
+                let dir = create_run_dir(&cfg)?;
+                let lock = RunLock::acquire(&dir)?;
+                fsutil::write_atomic(&dir.join(CONFIG_FILE), cfg.file.to_toml().as_bytes())?;
+                let run_id = format!(
+                    "{}-{}",
+                    dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                    std::process::id()
+                );
+                Session {
+                    run_dir: dir,
+                    history: Vec::new(),
+                    best: None,
+                    start_epoch: 0,
+                    train_seconds: 0.0,
+                    run_id,
+                    _lock: lock,
+                    cfg,
+                    selected,
+                    dataset,
+                    model_cfg,
+                    model,
+                    optim,
+                }
+            }
+        };
+        info!("run directory: {}", session.run_dir.display());
+        Ok(session)
+    }
+
+    fn manifest(&self, epoch: usize) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            fairrep_version: env!("CARGO_PKG_VERSION").into(),
+            burn_version: BURN_VERSION.into(),
+            run_id: self.run_id.clone(),
+            epoch,
+            seed: self.cfg.seed(),
+            config: self.cfg.file.clone(),
+            schema: self.dataset.schema.clone(),
+            preprocessing: self.dataset.preprocessing.clone(),
+            history: self.history.clone(),
+            best: self.best.clone(),
+            device: self.selected.description.clone(),
+            train_seconds: self.train_seconds,
+            checksums: None,
+        }
+    }
+
+    /// The epoch of the last checkpoint, for error messages.
+    fn last_checkpoint(&self) -> String {
+        self.history
+            .last()
+            .map_or_else(String::new, |r| format!(" (epoch {})", r.epoch))
+    }
+
+    /// Step 2: one epoch of minibatch steps; a loss or penalty that is not finite stops it.
+    fn train_epoch(
+        &mut self,
+        epoch: usize,
+        batcher: &StratifiedBatches,
+        x_train: &Tensor<2>,
+        y_train: &[Tensor<2>],
+    ) -> Result<TrainLosses, TrainError> {
+        let number = epoch + 1;
+        let ad = self.selected.device.clone().autodiff();
+        let seed = self.cfg.seed();
+        let lr = self.cfg.optim.lr_at(epoch);
+        ad.seed(epoch_seed(seed ^ DROPOUT_SALT, epoch as u64));
+        let batches = batcher.epoch(epoch_seed(seed, epoch as u64));
+        let n_batches = batches.len();
+        let kinds: Vec<TaskKind> = self.dataset.schema.tasks.iter().map(|t| t.kind).collect();
+        let n_tasks = kinds.len();
+        let lambda = self.cfg.penalty.lambda;
+        let train_divergence = self.cfg.penalty.trained().cloned();
+        let mut loss_sum = 0.0;
+        let mut task_sums: Vec<Option<Tensor<1>>> = vec![None; n_tasks];
+        let mut penalty_sum: Option<Tensor<1>> = None;
+        let mut diagnostics = TrainPenaltyDiagnostics {
+            all_converged: true,
+            batches_not_converged: 0,
+            max_n_iters: 0,
+            max_marginal_error: 0.0,
+            batches_with_missing_groups: 0,
+        };
+        let add = |acc: &mut Option<Tensor<1>>, value: &Tensor<1>| {
+            let value = value.clone().detach();
+            *acc = Some(match acc.take() {
+                Some(a) => a + value,
+                None => value,
+            });
+        };
+        let diverged = |step: usize, what: String, last: String| TrainError::Diverged {
+            epoch: number,
+            step,
+            steps: n_batches,
+            what,
+            last,
+        };
+        for (b, idx) in batches.iter().enumerate() {
+            let index = crate::eval::index_tensor(idx, &ad);
+            let out = self
+                .model
+                .forward(x_train.clone().select(0, index.clone()));
+            let mut task_loss: Option<Tensor<1>> = None;
+            for (t, logits) in out.logits.into_iter().enumerate() {
+                let targets = y_train[t].clone().select(0, index.clone());
+                let loss_t = match kinds[t] {
+                    TaskKind::Binary => bce_with_logits(logits, targets),
+                    TaskKind::Regression => mse(logits, targets),
+                };
+                add(&mut task_sums[t], &loss_t);
+                task_loss = Some(match task_loss {
+                    Some(acc) => acc + loss_t,
+                    None => loss_t,
+                });
+            }
+            let mut loss = task_loss.expect("at least one task") / n_tasks as f64;
+            if let Some(divergence) = &train_divergence {
+                let groups: Vec<u32> = idx.iter().map(|&i| self.dataset.train.groups[i]).collect();
+                let penalty = fairness_penalty(
+                    out.latent,
+                    &groups,
+                    self.dataset.n_groups(),
+                    divergence,
+                )
+                .map_err(|e: LossError| {
+                    diverged(b + 1, format!("the penalty failed: {e}"), self.last_checkpoint())
+                })?;
+                diagnostics.all_converged &= penalty.converged;
+                diagnostics.batches_not_converged += usize::from(!penalty.converged);
+                diagnostics.max_n_iters = diagnostics.max_n_iters.max(penalty.n_iters);
+                diagnostics.max_marginal_error =
+                    diagnostics.max_marginal_error.max(penalty.marginal_error);
+                if !penalty.missing_groups.is_empty() {
+                    diagnostics.batches_with_missing_groups += 1;
+                }
+                add(&mut penalty_sum, &penalty.value);
+                loss = loss + penalty.value * lambda;
+            }
+            let value = scalar(loss.clone().inner());
+            if !value.is_finite() {
+                return Err(diverged(
+                    b + 1,
+                    format!("the training loss is {value}"),
+                    self.last_checkpoint(),
+                ));
+            }
+            loss_sum += value;
+            let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+            self.model = self.optim.step(lr, self.model.clone(), grads);
+            if (b + 1) % 50 == 0 {
+                debug!("epoch {number}: batch {}/{n_batches}", b + 1);
+            }
+        }
+        let mean = |acc: Option<Tensor<1>>| acc.map_or(f64::NAN, scalar) / n_batches as f64;
+        let task_means: Vec<f64> = task_sums.into_iter().map(mean).collect();
+        if let Some(divergence) = &train_divergence
+            && !diagnostics.all_converged
+        {
+            if let fairrep_loss::Divergence::Sinkhorn(s) = divergence {
+                warn!(
+                    "epoch {number}: the Sinkhorn penalty did not converge in {} of {n_batches} \
+                     batches (largest marginal error {:.2e} > tolerance {:.0e} after {} \
+                     iterations); raise penalty.sinkhorn.max_iters or eps",
+                    diagnostics.batches_not_converged,
+                    diagnostics.max_marginal_error,
+                    s.tolerance,
+                    diagnostics.max_n_iters
+                );
+            }
+        }
+        Ok(TrainLosses {
+            loss: loss_sum / n_batches as f64,
+            task_loss: task_means.iter().sum::<f64>() / n_tasks as f64,
+            penalty: penalty_sum.map(|p| scalar(p) / n_batches as f64),
+            tasks: self.dataset.task_names().into_iter().zip(task_means).collect(),
+            penalty_diagnostics: train_divergence.map(|_| diagnostics),
+        })
+    }
+
+    /// Step 3 and 4: validate the epoch, append its record, redraw the curves, move the best
+    /// epoch and write a checkpoint when one is due. Returns whether the run stops here.
+    fn record_epoch(
+        &mut self,
+        epoch: usize,
+        train: TrainLosses,
+        started: Instant,
+        session_start: Instant,
+    ) -> Result<bool, TrainError> {
+        let number = epoch + 1;
+        let epochs = self.cfg.optim.epochs;
+        let valid = evaluate(
+            &self.model.valid(),
+            &self.dataset.valid,
+            "valid",
+            &self.dataset.schema,
+            &self.cfg.penalty,
+            &self.selected.device,
+            EVAL_SEED,
+        )?;
+        let objective = valid.objective(self.cfg.penalty.lambda);
+        let seconds = started.elapsed().as_secs_f64();
+        self.train_seconds += seconds;
+        let record = EpochRecord {
+            epoch: number,
+            lr: self.cfg.optim.lr_at(epoch),
+            train,
+            valid,
+            objective,
+            seconds,
+        };
+        append_metrics(&self.run_dir, &record)?;
+        let per_epoch =
+            session_start.elapsed().as_secs_f64() / (number - self.start_epoch) as f64;
+        info!(
+            "{}",
+            epoch_line(&record, epochs, per_epoch * (epochs - number) as f64)
+        );
+        self.history.push(record);
+        self.write_curves();
+
+        let is_best = self.best.as_ref().is_none_or(|b| objective < b.objective);
+        if is_best {
+            self.best = Some(BestEpoch {
+                epoch: number,
+                objective,
+                checkpoint: checkpoint::checkpoint_name(number),
+            });
+        }
+        let every = self.cfg.file.run.checkpoint_every;
+        let stop = self.cfg.file.run.stop_after_epoch == Some(number);
+        if is_best || stop || number == epochs || (every > 0 && number % every == 0) {
+            let manifest = self.manifest(number);
+            let name =
+                checkpoint::save(&self.run_dir, &manifest, &self.model, &self.optim, is_best)?;
+            debug!("checkpoint {name} written");
+        }
+        Ok(stop)
+    }
+
+    /// `curves.svg`, rewritten after every epoch; a failed write is reported, not fatal.
+    fn write_curves(&self) {
+        let path = self.run_dir.join(CURVES_FILE);
+        if let Err(e) = fsutil::write_atomic(&path, training_curves(&self.history).as_bytes()) {
+            warn!("the training curves were not written: {e}");
+        }
+    }
+
+    /// Step 5: the test split with the best epoch's weights, and the summary.
+    fn finish(self, wall: Instant) -> Result<Summary, TrainError> {
+        let best = self.best.clone().ok_or_else(|| TrainError::NoEpoch {
+            run_dir: self.run_dir.clone(),
+        })?;
+        let best_dir = checkpoint::checkpoint_dir(&self.run_dir, &best.checkpoint);
+        let best_manifest = checkpoint::load_manifest(&best_dir)?;
+        let best_model = checkpoint::load_model(
+            &best_dir,
+            &best_manifest,
+            self.model_cfg.init(&self.selected.device),
+        )?
+        .valid();
+        let test = evaluate(
+            &best_model,
+            &self.dataset.test,
+            "test",
+            &self.dataset.schema,
+            &self.cfg.penalty,
+            &self.selected.device,
+            EVAL_SEED,
+        )?;
+        let best_valid = self
+            .history
+            .iter()
+            .find(|r| r.epoch == best.epoch)
+            .map(|r| r.valid.clone())
+            .expect("the best epoch is in the history");
+        let summary = Summary {
+            test: test.into(),
+            valid: best_valid.into(),
+            best_epoch: best.epoch,
+            epochs: self.cfg.optim.epochs,
+            dataset: self.dataset.name.clone(),
+            penalty_kind: self.cfg.file.penalty.kind,
+            lambda: self.cfg.penalty.lambda,
+            seed: self.cfg.seed(),
+            device: self.selected.description.clone(),
+            wall_seconds: wall.elapsed().as_secs_f64(),
+            train_seconds: self.train_seconds,
+            run_dir: self.run_dir.clone(),
+        };
+        let json = serde_json::to_string_pretty(&summary).expect("the summary serialises");
+        fsutil::write_atomic(&self.run_dir.join(SUMMARY_FILE), format!("{json}\n").as_bytes())?;
+        info!(
+            "done: best epoch {} of {}; summary in {}",
+            best.epoch,
+            summary.epochs,
+            self.run_dir.join(SUMMARY_FILE).display()
+        );
+        Ok(summary)
+    }
+}
+
+/// The train split as tensors on `device`: inputs `[n, d]` and one `[n, 1]` target per task.
+fn train_tensors(dataset: &Dataset, device: &Device) -> (Tensor<2>, Vec<Tensor<2>>) {
+    let n = dataset.train.len();
+    let x = rows_tensor(&dataset.train, 0..n, device);
+    let y = dataset
+        .train
+        .targets
+        .iter()
+        .map(|t| Tensor::from_data(TensorData::new(t.clone(), [n, 1]), device))
+        .collect();
+    (x, y)
+}
+
+/// Runs a training session (fresh or resumed) to its end, or to `run.stop_after_epoch`.
+pub fn train(opts: TrainOptions) -> Result<TrainOutcome, TrainError> {
+    let wall = Instant::now();
+    let mut session = Session::open(opts)?;
+    let batcher = StratifiedBatches::new(
+        &session.dataset.train.groups,
+        session.dataset.n_groups(),
+        session.cfg.data.batch_size,
+    )
+    .map_err(|source| TrainError::Batches {
+        dataset: session.dataset.name.clone(),
+        source: Box::new(source),
+    })?;
+    let ad = session.selected.device.clone().autodiff();
+    let (x_train, y_train) = train_tensors(&session.dataset, &ad);
+    let session_start = Instant::now();
+    for epoch in session.start_epoch..session.cfg.optim.epochs {
+        let started = Instant::now();
+        let train = session.train_epoch(epoch, &batcher, &x_train, &y_train)?;
+        if session.record_epoch(epoch, train, started, session_start)? {
+            info!(
+                "stopping after epoch {} (run.stop_after_epoch); continue with --resume {}",
+                epoch + 1,
+                session.run_dir.display()
+            );
+            return Ok(TrainOutcome::Stopped {
+                epoch: epoch + 1,
+                run_dir: session.run_dir,
+            });
+        }
+    }
+    session.write_curves();
+    Ok(TrainOutcome::Finished(Box::new(session.finish(wall)?)))
+}
+
+/// The one-line summary of an epoch logged on stderr.
+fn epoch_line(record: &EpochRecord, epochs: usize, eta: f64) -> String {
+    let mut line = format!(
+        "epoch {}/{epochs}: train loss {:.4}",
+        record.epoch, record.train.loss
+    );
+    if let Some(p) = record.train.penalty {
+        line += &format!(" (tasks {:.4}, penalty {p:.4})", record.train.task_loss);
+    }
+    line += &format!(" | valid loss {:.4}", record.valid.task_loss);
+    for (name, t) in record.valid.tasks.iter().take(4) {
+        if let (Some(acc), Some(dp)) = (t.accuracy, t.dp_gap) {
+            line += &format!(", {name} acc {acc:.4} dp {dp:.4}");
+        }
+    }
+    if let Some(p) = &record.valid.penalty {
+        line += &format!(", penalty {:.4}", p.value);
+        if !p.converged {
+            line += " (not converged)";
+        }
+    }
+    line += &format!(
+        " | lr {:.2e} | {} | ETA {}",
+        record.lr,
+        format_duration(record.seconds),
+        format_duration(eta)
+    );
+    line
+}
+
+fn format_duration(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{seconds:.1}s")
+    }
+}
+
+/// The first place where two JSON values differ (numbers within a relative 1e-9, since JSON
+/// round trips of floats may move the last bit), as `path: checkpoint X, data Y`.
+fn json_difference(
+    saved: &serde_json::Value,
+    now: &serde_json::Value,
+    path: &str,
+) -> Option<String> {
+    use serde_json::Value;
+    match (saved, now) {
+        (Value::Number(a), Value::Number(b)) => {
+            let (a, b) = (
+                a.as_f64().unwrap_or(f64::NAN),
+                b.as_f64().unwrap_or(f64::NAN),
+            );
+            ((a - b).abs() > 1e-9 * a.abs().max(b.abs()).max(1e-300))
+                .then(|| format!("{path}: checkpoint {a}, data {b}"))
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (x, y))| json_difference(x, y, &format!("{path}[{i}]"))),
+        (Value::Object(a), Value::Object(b))
+            if a.keys().collect::<Vec<_>>() == b.keys().collect::<Vec<_>>() =>
+        {
+            a.iter()
+                .find_map(|(k, x)| json_difference(x, &b[k], &format!("{path}.{k}")))
+        }
+        (a, b) if a == b => None,
+        (a, b) => {
+            let show = |v: &Value| {
+                let text = v.to_string();
+                if text.len() > 200 {
+                    format!("{}...", &text[..200])
+                } else {
+                    text
+                }
+            };
+            Some(format!("{path}: checkpoint {}, data {}", show(a), show(b)))
+        }
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_difference_tolerates_last_bit_float_changes_only() {
+        use serde_json::json;
+        let a = json!({"mean": [0.1, 2.0], "name": "age"});
+        let b = json!({"mean": [0.1 + 1e-17, 2.0], "name": "age"});
+        assert_eq!(json_difference(&a, &b, "p"), None);
+        let c = json!({"mean": [0.1, 2.5], "name": "age"});
+        assert_eq!(
+            json_difference(&a, &c, "p").as_deref(),
+            Some("p.mean[1]: checkpoint 2, data 2.5")
+        );
+        let d = json!({"mean": [0.1, 2.0], "name": "sex"});
+        assert!(json_difference(&a, &d, "p").unwrap().contains("p.name"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(format_duration(5.04), "5.0s");
+        assert_eq!(format_duration(125.0), "2m05s");
+        assert_eq!(format_duration(7260.0), "2h01m");
+    }
+}
