@@ -423,14 +423,18 @@ pub fn auc<S: Copy + Into<f64>>(scores: &[S], labels: &[f32]) -> Result<f64, Met
 }
 
 /// Mean squared error.
-pub fn mse<S: Copy + Into<f64>>(predictions: &[S], targets: &[f32]) -> Result<f64, MetricError> {
+pub fn mse<S: Copy + Into<f64>, T: Copy + Into<f64>>(
+    predictions: &[S],
+    targets: &[T],
+) -> Result<f64, MetricError> {
     let p = check(predictions, targets.len(), "targets")?;
     let mut acc = 0.0;
     for (row, (&a, &t)) in p.iter().zip(targets).enumerate() {
+        let t: f64 = t.into();
         if !t.is_finite() {
             return Err(MetricError::NonFinite { what: "label", row });
         }
-        acc += (a - f64::from(t)).powi(2);
+        acc += (a - t).powi(2);
     }
     Ok(acc / p.len() as f64)
 }
