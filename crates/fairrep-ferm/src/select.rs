@@ -307,6 +307,23 @@ pub struct SelectionReport {
     pub refit_seconds: f64,
 }
 
+impl SelectionReport {
+    /// The index the rule `criterion` picks from this report's CV table (no new CV): e.g. what
+    /// the FERM rule would choose for a baseline selected by accuracy. An invalid ratio is
+    /// clamped into `(0, 1]`.
+    pub fn chosen_under(&self, criterion: Criterion) -> usize {
+        let criterion = match criterion {
+            Criterion::FairWithinAccuracy { ratio } if !(ratio > 0.0 && ratio <= 1.0) => {
+                Criterion::FairWithinAccuracy {
+                    ratio: if ratio > 1.0 { 1.0 } else { f64::MIN_POSITIVE },
+                }
+            }
+            c => c,
+        };
+        choose(&self.points, criterion)
+    }
+}
+
 /// The fold id of each row for a [`Folds`] spec, validated against the sample: at least two
 /// folds, at least one row per fold, and at least one positive row of each group per fold
 /// (so every validation DEO is defined).

@@ -2,6 +2,14 @@
 //! scikit-learn; versions pinned in `scripts/requirements-fixtures.txt`), plus invariants and
 //! bad-input errors.
 //!
+//! Regenerate the fixture (byte-identical for the pinned versions, ~2 s):
+//!
+//! ```text
+//! python3 -m venv .venv-fixtures
+//! .venv-fixtures/bin/pip install -r scripts/requirements-fixtures.txt   # or the subset it names
+//! .venv-fixtures/bin/python scripts/ferm_reference.py
+//! ```
+//!
 //! # Tolerances
 //!
 //! Both QP solvers stop at a duality gap below `eps = 1e-9` (absolute, or relative to
@@ -583,6 +591,17 @@ fn selection_matches_reference() {
                 assert!((ours.mean_deo - num(theirs, "mean_deo")).abs() <= 1e-15);
             }
             assert_eq!(report.chosen, idx(case, key), "{name} {criterion:?}");
+            // The other rule, applied to the same CV table.
+            assert_eq!(
+                report.chosen_under(Criterion::Accuracy),
+                idx(case, "chosen_accuracy"),
+                "{name}"
+            );
+            assert_eq!(
+                report.chosen_under(Criterion::ferm()),
+                idx(case, "chosen_ferm"),
+                "{name}"
+            );
         }
     }
 }
