@@ -189,7 +189,7 @@ fn run() -> Result<(), String> {
     let test = enc.encode(&test_raw)?;
     let m = train_full.rows() / 20;
     let idx = stratified_subsample(&train_full, m, seed);
-    let train = train_full.subset(&idx);
+    let train = train_full.subset(&idx).map_err(|e| e.to_string())?;
     println!(
         "Adult: {} train rows ({} used: 1/20, seed {seed}), {} test rows, {} input columns",
         train_full.rows(),

@@ -126,6 +126,14 @@ pub enum FermError {
         /// Folds.
         folds: usize,
     },
+    /// A row index is out of range.
+    #[error("row index {index}: expected an index below the {rows} rows of the sample")]
+    RowOutOfRange {
+        /// The index.
+        index: usize,
+        /// Rows of the sample.
+        rows: usize,
+    },
     /// A given fold assignment is invalid.
     #[error("fold assignment at row {row}: {reason}")]
     InvalidFold {

@@ -280,7 +280,7 @@ pub fn fit_kernel_svm(
     }
     let (owned, rows_used) = if sample.rows() > config.max_rows {
         let idx = stratified_subsample(sample, config.max_rows, config.seed);
-        (Some(sample.subset(&idx)), Some(idx))
+        (Some(sample.subset_unchecked(&idx)), Some(idx))
     } else {
         (None, None)
     };

@@ -170,8 +170,20 @@ impl Sample {
         Ok(())
     }
 
-    /// The rows at `indices` (in that order), as a new sample. Indices must be `< rows`.
-    pub fn subset(&self, indices: &[usize]) -> Self {
+    /// The rows at `indices` (in that order), as a new sample; an index `>= rows` is an
+    /// error.
+    pub fn subset(&self, indices: &[usize]) -> Result<Self, FermError> {
+        if let Some(&index) = indices.iter().find(|&&i| i >= self.rows) {
+            return Err(FermError::RowOutOfRange {
+                index,
+                rows: self.rows,
+            });
+        }
+        Ok(self.subset_unchecked(indices))
+    }
+
+    /// [`Sample::subset`] for indices known to be in range.
+    pub(crate) fn subset_unchecked(&self, indices: &[usize]) -> Self {
         let mut features = Vec::with_capacity(indices.len() * self.cols);
         for &i in indices {
             features.extend_from_slice(self.row(i));

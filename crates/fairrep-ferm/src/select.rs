@@ -444,7 +444,10 @@ pub fn select(
             let valid: Vec<usize> = (0..sample.rows())
                 .filter(|&i| fold_of_row[i] == f)
                 .collect();
-            (sample.subset(&train), sample.subset(&valid))
+            (
+                sample.subset_unchecked(&train),
+                sample.subset_unchecked(&valid),
+            )
         })
         .collect();
     let cv_start = Instant::now();

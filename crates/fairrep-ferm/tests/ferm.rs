@@ -700,7 +700,7 @@ fn kernel_fit_subsamples_above_max_rows() {
     assert_eq!(fit.alpha.len(), 50);
     assert_eq!(rows, stratified_subsample(&s, 50, 9));
     // Stratified: each (group, label) cell keeps its share up to rounding.
-    let sub = s.subset(&rows);
+    let sub = s.subset(&rows).unwrap();
     let (full, part) = (s.cell_counts(), sub.cell_counts());
     for g in 0..2 {
         for l in 0..2 {
@@ -942,4 +942,17 @@ fn error_only_one_group() {
     assert_eq!(fit_kernel_svm(&s, &cfg).unwrap_err(), want);
     let e = Sample::new(&x, 3, 2, &[1.0, 0.0, 1.0], &[0, 2, 1]).unwrap_err();
     assert_eq!(e, FermError::GroupOutOfRange { row: 1, found: 2 });
+}
+
+#[test]
+fn error_row_index_out_of_range() {
+    let s = toy(10, 11);
+    assert_eq!(
+        s.subset(&[0, 10]).unwrap_err(),
+        FermError::RowOutOfRange {
+            index: 10,
+            rows: 10
+        }
+    );
+    assert_eq!(s.subset(&[9, 0]).unwrap().rows(), 2);
 }
