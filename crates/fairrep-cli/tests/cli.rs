@@ -909,7 +909,7 @@ fn transfer_eval_and_export_end_to_end() {
     for run in report["runs"].as_array().unwrap() {
         let p = run["leakage"]["mmd2"]["p_value"].as_f64().unwrap();
         assert!(p > 0.0 && p <= 1.0 && (p * 20.0 - (p * 20.0).round()).abs() < 1e-9);
-        let auc = run["leakage"]["logistic_auc"].as_f64().unwrap();
+        let auc = run["leakage"]["logistic_auc"]["auc"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&auc));
     }
     // Without a penalty the groups stay apart in z (the synthetic inputs shift with s).

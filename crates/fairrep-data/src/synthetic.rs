@@ -38,7 +38,7 @@ pub struct SyntheticConfig {
     pub n_features: usize,
     /// Binary tasks (default 3, at least 1).
     pub n_tasks: usize,
-    /// Sensitive groups (default 2, at least 1).
+    /// Sensitive groups (default 2, at least 2).
     pub n_groups: usize,
     /// Mean shift of half of the features between adjacent groups, in units of the noise std
     /// (default 1.0; 0 = inputs independent of the group).
@@ -67,8 +67,13 @@ impl Default for SyntheticConfig {
 }
 
 impl SyntheticConfig {
-    /// Checks ranges: every split has at least `n_groups` rows, `n_features >= 2`,
-    /// `n_tasks >= 1`, `n_groups >= 1`, finite shifts, `noise >= 0`.
+    /// The most values (rows times features plus tasks) the generator makes: 4 GiB of float32
+    /// features.
+    pub const MAX_CELLS: usize = 1 << 30;
+
+    /// Checks ranges: `2 <= n_groups`, every split has at least `n_groups` rows (the error names
+    /// the split and `n_groups`), `n_features >= 2`, `n_tasks >= 1`, finite shifts, `noise >= 0`,
+    /// and at most [`SyntheticConfig::MAX_CELLS`] generated values.
     pub fn validate(&self) -> Result<(), DataError> {
         let bad = |what: &str, expected: &str, found: String| {
             Err(DataError::InvalidArgument {
@@ -77,8 +82,12 @@ impl SyntheticConfig {
                 found,
             })
         };
-        if self.n_groups < 1 {
-            return bad("n_groups", ">= 1", self.n_groups.to_string());
+        if self.n_groups < 2 {
+            return bad(
+                "n_groups",
+                ">= 2 (demographic parity compares groups)",
+                self.n_groups.to_string(),
+            );
         }
         for (k, n) in [
             ("n_train", self.n_train),
@@ -86,8 +95,26 @@ impl SyntheticConfig {
             ("n_test", self.n_test),
         ] {
             if n < self.n_groups {
-                return bad(k, "at least n_groups rows", n.to_string());
+                return bad(
+                    k,
+                    &format!("at least n_groups = {} rows", self.n_groups),
+                    n.to_string(),
+                );
             }
+        }
+        let cells = [self.n_train, self.n_valid, self.n_test]
+            .iter()
+            .try_fold(0usize, |acc, &n| acc.checked_add(n))
+            .and_then(|rows| rows.checked_mul(self.n_features + self.n_tasks));
+        if cells.is_none_or(|c| c > Self::MAX_CELLS) {
+            return bad(
+                "n_train / n_valid / n_test / n_features / n_tasks",
+                &format!(
+                    "at most {} generated values (rows x (features + tasks))",
+                    Self::MAX_CELLS
+                ),
+                cells.map_or_else(|| "more than the address space".into(), |c| c.to_string()),
+            );
         }
         if self.n_features < 2 {
             return bad("n_features", ">= 2", self.n_features.to_string());

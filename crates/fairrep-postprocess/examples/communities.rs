@@ -26,7 +26,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use fairrep_data::{Dataset, LoadOptions, Split, SplitFractions, load, resolve_spec};
+use fairrep_data::{Dataset, Encoding, LoadOptions, Split, SplitFractions, load, resolve_spec};
 use fairrep_postprocess::metrics::{ks_between_groups, mse};
 use fairrep_postprocess::{FitOptions, Noise, alpha_curve, default_alphas, fit};
 use rand::SeedableRng;
@@ -64,9 +64,9 @@ fn parse_args() -> Result<Args, String> {
 
 /// Design rows `[x, s]` in f64.
 fn design(s: &Split) -> Vec<Vec<f64>> {
-    (0..s.n)
+    (0..s.len())
         .map(|i| {
-            let mut r: Vec<f64> = s.row(i).iter().map(|&v| f64::from(v)).collect();
+            let mut r: Vec<f64> = s.x.row(i).iter().map(|&v| f64::from(v)).collect();
             r.push(f64::from(s.groups[i]));
             r
         })
@@ -292,7 +292,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 }),
                 ..Default::default()
             };
-            let ds = load(&spec, &opts)?;
+            let ds = load(&spec, &opts, Encoding::Fit)?;
             rows.push(run_one(&ds, in_sample, &args, seed)?);
         }
         let col = |f: fn(&Row) -> f64| rows.iter().map(f).collect::<Vec<_>>();

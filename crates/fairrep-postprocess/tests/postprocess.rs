@@ -770,11 +770,11 @@ fn load_spec(name: &str, data: &Path) -> fairrep_data::Dataset {
         data_dir: data.to_path_buf(),
         ..Default::default()
     };
-    fairrep_data::load(&spec, &opts).unwrap_or_else(|e| panic!("{e}"))
+    fairrep_data::load(&spec, &opts, fairrep_data::Encoding::Fit).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn rows(ds: &fairrep_data::Dataset) -> usize {
-    ds.train.n + ds.valid.n + ds.test.n
+    ds.train.len() + ds.valid.len() + ds.test.len()
 }
 
 #[test]

@@ -257,6 +257,9 @@ impl Session {
     /// Step 1: device, resumed state, data, model and optimiser, run directory.
     fn open(opts: TrainOptions) -> Result<Self, TrainError> {
         let cfg = opts.config;
+        for note in &cfg.inert {
+            warn!("{note}");
+        }
         let seed = cfg.seed();
         let selected = select_device(cfg.file.run.device)?;
         info!("device: {}", selected.description);
@@ -285,6 +288,7 @@ impl Session {
         let model_cfg =
             cfg.model
                 .model_config(dataset.n_features(), &dataset.task_names(), &cfg.source)?;
+        check_model_memory(&model_cfg, cfg.data.batch_size, &cfg.source)?;
         ad.seed(seed);
         let mut model = model_cfg.init(&ad);
         let mut optim = build_optimizer(&cfg.optim);
@@ -622,6 +626,54 @@ impl Session {
         );
         Ok(summary)
     }
+}
+
+/// Refuses a model whose parameters, gradients and Adam moments (four float32 copies) and one
+/// batch's activations would not fit in the available memory, before any allocation.
+fn check_model_memory(
+    cfg: &FairModelConfig,
+    batch_size: usize,
+    source: &Path,
+) -> Result<(), TrainError> {
+    let layer = |a: usize, b: usize| (a as u128) * (b as u128) + b as u128;
+    let mut params: u128 = 0;
+    let mut widest: u128 = cfg.n_features as u128;
+    let mut sizes = vec![cfg.n_features];
+    sizes.extend(&cfg.encoder_widths);
+    sizes.push(cfg.latent);
+    for w in sizes.windows(2) {
+        params += layer(w[0], w[1]);
+        widest = widest.max(w[1] as u128);
+    }
+    for head in &cfg.heads {
+        let mut sizes = vec![cfg.latent];
+        if let fairrep_model::HeadKind::Mlp { hidden } = &head.kind {
+            sizes.extend(hidden);
+        }
+        sizes.push(1);
+        for w in sizes.windows(2) {
+            params += layer(w[0], w[1]);
+            widest = widest.max(w[1] as u128);
+        }
+    }
+    let layers = (cfg.encoder_widths.len() + 2) as u128;
+    let bytes = 4 * (4 * params + 2 * layers * widest * batch_size as u128);
+    let Some(available) = fairrep_loss::route::available_memory() else {
+        return Ok(());
+    };
+    if bytes > u128::from(available) {
+        return Err(TrainError::Config(ConfigError::Invalid {
+            path: source.to_path_buf(),
+            key: "model".into(),
+            message: format!(
+                "{params} parameters and a batch of {batch_size} need about {} but {} is \
+                 available; use smaller model widths or batches",
+                fairrep_loss::config::Bytes(u64::try_from(bytes).unwrap_or(u64::MAX)),
+                fairrep_loss::config::Bytes(available)
+            ),
+        }));
+    }
+    Ok(())
 }
 
 /// The train split as tensors on `device`: inputs `[n, d]` and one `[n, 1]` target per task.

@@ -269,6 +269,10 @@ pub struct TrainConfig {
     pub penalty: PenaltyConfig,
     /// `[optim]`.
     pub optim: OptimConfig,
+    /// Keys set to a non-default value that the chosen settings do not use (e.g.
+    /// `penalty.sinkhorn.eps` with `penalty.kind = "mmd"`), each with the reason; the trainer
+    /// warns about each.
+    pub inert: Vec<String>,
 }
 
 /// Builds [`ConfigError::Invalid`] for one file.
@@ -288,6 +292,21 @@ impl DataSection {
     /// Validates `[data]`; a synthetic dataset gets every generator key written out, so the
     /// run directory's `config.toml` is explicit.
     fn validate(&mut self, invalid: &Invalid<'_>) -> Result<DataConfig, ConfigError> {
+        if self.dataset == SYNTHETIC {
+            for (key, set) in [
+                ("data.sensitive", self.sensitive.is_some()),
+                ("data.split", self.split.is_some()),
+            ] {
+                if set {
+                    return Err(invalid.at(
+                        key,
+                        "only for spec datasets; the synthetic dataset's groups and splits are \
+                         set in [data.synthetic] (n_groups, n_train, n_valid, n_test)"
+                            .into(),
+                    ));
+                }
+            }
+        }
         let source = if self.dataset == SYNTHETIC {
             let synthetic = self.synthetic.get_or_insert_with(SyntheticConfig::default);
             synthetic
@@ -412,57 +431,70 @@ impl PenaltySection {
                 format!("must be at least 2, found {}", self.eval_max_points),
             ));
         }
+        // Both divergences' settings are validated whatever the kind, so that a bad value is
+        // reported even in the section not in use.
+        let bandwidth = match &self.mmd.bandwidths {
+            BandwidthSpec::Name(name) if name == "median" => Bandwidth::Median,
+            BandwidthSpec::Name(other) => {
+                return Err(invalid.at(
+                    "penalty.mmd.bandwidths",
+                    format!("expected a list of numbers or \"median\", found {other:?}"),
+                ));
+            }
+            BandwidthSpec::List(list) => Bandwidth::Fixed(list.clone()),
+        };
+        let mmd = MmdConfig {
+            bandwidth,
+            estimator: match self.mmd.estimator {
+                EstimatorName::Biased => MmdEstimator::Biased,
+                EstimatorName::Unbiased => MmdEstimator::Unbiased,
+            },
+        };
+        mmd.validate()
+            .map_err(|e| invalid.at("penalty.mmd", e.to_string()))?;
+        let s = &self.sinkhorn;
+        let eps = match (s.blur, s.eps) {
+            (Some(blur), None) if blur.is_finite() && blur > 0.0 => Some(blur * blur),
+            (Some(blur), None) => {
+                return Err(invalid.at(
+                    "penalty.sinkhorn.blur",
+                    format!("must be a positive number, found {blur}"),
+                ));
+            }
+            (None, Some(eps)) => Some(eps),
+            (None, None) => None,
+            (blur, eps) => {
+                return Err(invalid.at(
+                    "penalty.sinkhorn",
+                    format!(
+                        "set exactly one of `blur` and `eps` (eps = blur^2), found blur = \
+                         {blur:?}, eps = {eps:?}"
+                    ),
+                ));
+            }
+        };
+        let sinkhorn = SinkhornConfig {
+            eps: eps.unwrap_or(1.0),
+            scaling: s.scaling,
+            tolerance: s.tolerance,
+            max_iters: s.max_iters,
+            check_every: s.check_every,
+        };
+        sinkhorn
+            .validate()
+            .map_err(|e| invalid.at("penalty.sinkhorn", e.to_string()))?;
         let divergence = match self.kind {
             PenaltyKind::None => None,
-            PenaltyKind::Mmd => {
-                let bandwidth = match &self.mmd.bandwidths {
-                    BandwidthSpec::Name(name) if name == "median" => Bandwidth::Median,
-                    BandwidthSpec::Name(other) => {
-                        return Err(invalid.at(
-                            "penalty.mmd.bandwidths",
-                            format!("expected a list of numbers or \"median\", found {other:?}"),
-                        ));
-                    }
-                    BandwidthSpec::List(list) => Bandwidth::Fixed(list.clone()),
-                };
-                let config = MmdConfig {
-                    bandwidth,
-                    estimator: match self.mmd.estimator {
-                        EstimatorName::Biased => MmdEstimator::Biased,
-                        EstimatorName::Unbiased => MmdEstimator::Unbiased,
-                    },
-                };
-                config
-                    .validate()
-                    .map_err(|e| invalid.at("penalty.mmd", e.to_string()))?;
-                Some(Divergence::Mmd(config))
-            }
+            PenaltyKind::Mmd => Some(Divergence::Mmd(mmd)),
             PenaltyKind::Sinkhorn => {
-                let s = &self.sinkhorn;
-                let eps = match (s.blur, s.eps) {
-                    (Some(blur), None) => blur * blur,
-                    (None, Some(eps)) => eps,
-                    (blur, eps) => {
-                        return Err(invalid.at(
-                            "penalty.sinkhorn",
-                            format!(
-                                "set exactly one of `blur` and `eps` (eps = blur^2), found blur \
-                                 = {blur:?}, eps = {eps:?}"
-                            ),
-                        ));
-                    }
-                };
-                let config = SinkhornConfig {
-                    eps,
-                    scaling: s.scaling,
-                    tolerance: s.tolerance,
-                    max_iters: s.max_iters,
-                    check_every: s.check_every,
-                };
-                config
-                    .validate()
-                    .map_err(|e| invalid.at("penalty.sinkhorn", e.to_string()))?;
-                Some(Divergence::Sinkhorn(config))
+                if eps.is_none() {
+                    return Err(invalid.at(
+                        "penalty.sinkhorn",
+                        "set exactly one of `blur` and `eps` (eps = blur^2), found neither"
+                            .into(),
+                    ));
+                }
+                Some(Divergence::Sinkhorn(sinkhorn))
             }
         };
         Ok(PenaltyConfig {
@@ -582,6 +614,7 @@ impl TrainConfig {
         let penalty = file.penalty.validate(&invalid)?;
         let optim = file.optim.validate(&invalid)?;
         file.run.validate(optim.epochs, &invalid)?;
+        let inert = inert_keys(&file);
         Ok(Self {
             source: source.to_path_buf(),
             data,
@@ -589,6 +622,7 @@ impl TrainConfig {
             penalty,
             optim,
             file,
+            inert,
         })
     }
 
@@ -596,6 +630,66 @@ impl TrainConfig {
     pub fn seed(&self) -> u64 {
         self.file.run.seed
     }
+}
+
+/// The keys of `file` set to a non-default value that its other settings make unused.
+fn inert_keys(file: &ConfigFile) -> Vec<String> {
+    let defaults = ConfigFile::default();
+    let mut out = Vec::new();
+    let mut inert = |key: &str, set: bool, why: &str| {
+        if set {
+            out.push(format!("{key} is not used: {why}"));
+        }
+    };
+    let p = &file.penalty;
+    let kind = p.kind;
+    inert(
+        "penalty.lambda",
+        kind == PenaltyKind::None && p.lambda != defaults.penalty.lambda,
+        "penalty.kind = \"none\"",
+    );
+    inert(
+        "penalty.mmd",
+        kind != PenaltyKind::Mmd && p.mmd != defaults.penalty.mmd,
+        "penalty.kind is not \"mmd\"",
+    );
+    inert(
+        "penalty.sinkhorn",
+        kind != PenaltyKind::Sinkhorn && p.sinkhorn != defaults.penalty.sinkhorn,
+        "penalty.kind is not \"sinkhorn\"",
+    );
+    let o = &file.optim;
+    inert(
+        "optim.min_lr",
+        o.schedule != ScheduleKind::Cosine && o.min_lr != defaults.optim.min_lr,
+        "optim.schedule is not \"cosine\"",
+    );
+    inert(
+        "optim.step_size / optim.gamma",
+        o.schedule != ScheduleKind::Step
+            && (o.step_size != defaults.optim.step_size || o.gamma != defaults.optim.gamma),
+        "optim.schedule is not \"step\"",
+    );
+    let m = &file.model;
+    let any_mlp = m.head == fairrep_model::HeadName::Mlp
+        || m
+            .heads
+            .values()
+            .any(|h| h.kind == Some(fairrep_model::HeadName::Mlp));
+    inert(
+        "model.head_hidden",
+        !any_mlp && m.head_hidden != defaults.model.head_hidden,
+        "no head is an mlp",
+    );
+    for (task, h) in &m.heads {
+        let kind = h.kind.unwrap_or(m.head);
+        inert(
+            &format!("model.heads.{task}.hidden"),
+            kind == fairrep_model::HeadName::Linear && h.hidden.is_some(),
+            "the head is linear",
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -683,6 +777,26 @@ mod tests {
         let file = parse("[data]\ntasks = [\"a\", \"a\"]\n", &[]).unwrap();
         let e = TrainConfig::from_file(file, Path::new("x")).unwrap_err().to_string();
         assert!(e.contains("listed twice"), "{e}");
+    }
+
+    #[test]
+    fn inert_keys_are_listed_and_synthetic_refuses_spec_keys() {
+        let file = parse(
+            "[penalty]\nkind = \"mmd\"\n[penalty.sinkhorn]\neps = 0.1\n[optim]\nmin_lr = 1e-4\n",
+            &[],
+        )
+        .unwrap();
+        let cfg = TrainConfig::from_file(file, Path::new("x")).unwrap();
+        assert_eq!(cfg.inert.len(), 2, "{:?}", cfg.inert);
+        assert!(cfg.inert[0].starts_with("penalty.sinkhorn"), "{:?}", cfg.inert);
+        assert!(cfg.inert[1].starts_with("optim.min_lr"), "{:?}", cfg.inert);
+        let file = parse("[data.split]\ntrain = 0.5\nvalid = 0.25\ntest = 0.25\n", &[]).unwrap();
+        let e = TrainConfig::from_file(file, Path::new("x")).unwrap_err().to_string();
+        assert!(e.contains("data.split") && e.contains("synthetic"), "{e}");
+        assert!(TrainConfig::from_file(ConfigFile::default(), Path::new("x"))
+            .unwrap()
+            .inert
+            .is_empty());
     }
 
     #[test]
