@@ -1,5 +1,6 @@
 //! End-to-end tests of the `fairrep` binary: each runs the real executable on a real config
 //! and checks its exit status, its messages and the files it writes.
+#![allow(clippy::print_stderr)]
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -22,6 +23,18 @@ fn fairrep(cwd: &Path, args: &[&str]) -> Output {
         .current_dir(cwd)
         // burn loads optimiser state on its default device first: keep it on the CPU.
         .env("BURN_DEVICE", "flex")
+        .env_remove("RUST_LOG")
+        .env_remove("FAIRREP_DATA_DIR")
+        .output()
+        .expect("the fairrep binary runs")
+}
+
+/// Runs `fairrep ARGS` in `cwd` without `BURN_DEVICE` (as a user would).
+fn fairrep_plain(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fairrep"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("BURN_DEVICE")
         .env_remove("RUST_LOG")
         .env_remove("FAIRREP_DATA_DIR")
         .output()
@@ -255,6 +268,188 @@ fn resumed_run_matches_an_uninterrupted_one() {
     let lines = std::fs::read_to_string(&metrics).unwrap();
     assert_eq!(lines.lines().count(), 4, "{lines}");
     assert!(!lines.contains("stale"));
+
+    // As a user would, without BURN_DEVICE: burn would load the optimiser state on its default
+    // device (wgpu); fairrep runs itself with BURN_DEVICE set to the CPU device instead.
+    let stopped = fairrep_plain(
+        &dir,
+        &[
+            "train",
+            config,
+            "--device",
+            "flex",
+            "--out",
+            "plain",
+            "--set",
+            "run.stop_after_epoch=2",
+        ],
+    );
+    assert_ok(&stopped);
+    let run = only_run_dir(&dir.join("plain"));
+    let resumed = fairrep_plain(
+        &dir,
+        &["train", "--device", "flex", "--resume", run.to_str().unwrap()],
+    );
+    assert_ok(&resumed);
+    let resumed = summary(&resumed);
+    assert_eq!(full["best_epoch"], resumed["best_epoch"]);
+}
+
+/// The epochs of `metrics.jsonl`.
+fn logged_epochs(run: &Path) -> Vec<u64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["epoch"].as_u64().unwrap())
+        .collect()
+}
+
+/// Files and folders under `dir` whose name marks a temporary of an atomic write.
+fn temporaries(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().contains(".tmp-") {
+            out.push(path.clone());
+        }
+        if path.is_dir() {
+            out.extend(temporaries(&path));
+        }
+    }
+    out
+}
+
+/// A kill at every rename and every fsync of a training run (checkpoint directories, their
+/// files, the `latest` and `best` pointers, the curves, the config), then `--resume`: every
+/// resumed run finishes with the uninterrupted run's best epoch and test metrics, `best` names
+/// that epoch's checkpoint, `metrics.jsonl` holds each epoch once, nothing temporary is left,
+/// and a user's file in `checkpoints/` survives. Needs `strace` (fault injection); without it
+/// the test is skipped with a message, unless `FAIRREP_REQUIRE_STRACE=1` (set by `.ci/run`).
+#[test]
+fn a_kill_at_any_write_step_loses_nothing() {
+    let have_strace = Command::new("strace").arg("-V").output().is_ok();
+    if !have_strace {
+        assert!(
+            std::env::var_os("FAIRREP_REQUIRE_STRACE").is_none(),
+            "FAIRREP_REQUIRE_STRACE is set but strace is not installed"
+        );
+        eprintln!("skipped: strace is not installed (fault injection needs it)");
+        return;
+    }
+    let dir = scratch("kills");
+    // lr 0.03: the validation objective is not monotone, so `best` lags `latest` at times.
+    let config = small_config(&dir, "mmd", 4);
+    let config = config.to_str().unwrap();
+    let common = ["--device", "flex", "--set", "optim.lr=0.03"];
+    let mut args = vec!["train", config, "--out", "full"];
+    args.extend(common);
+    let full = fairrep(&dir, &args);
+    assert_ok(&full);
+    let full = summary(&full);
+    let mut killed = 0;
+    for syscall in ["rename", "fsync"] {
+        for when in 1.. {
+            let out_dir = format!("{syscall}-{when}");
+            let inject = format!("inject={syscall}:signal=KILL:when={when}");
+            let mut cmd = Command::new("strace");
+            cmd.args(["-f", "-qq", "-o", "/dev/null", "-e"])
+                .arg(format!("trace={syscall}"))
+                .arg("-e")
+                .arg(&inject)
+                .arg(env!("CARGO_BIN_EXE_fairrep"))
+                .args(["train", config, "--out", &out_dir])
+                .args(common)
+                .current_dir(&dir)
+                .env("BURN_DEVICE", "flex")
+                .env_remove("RUST_LOG");
+            let out = cmd.output().expect("strace runs");
+            if out.status.success() {
+                break; // past the last injection point
+            }
+            killed += 1;
+            let runs = dir.join(&out_dir);
+            let Ok(mut entries) = std::fs::read_dir(&runs) else {
+                continue; // killed before the run directory existed
+            };
+            let run = entries.next().unwrap().unwrap().path();
+            if !run.join("latest").exists() {
+                // Killed before the first checkpoint: nothing to resume, and it says so.
+                let out = fairrep(&dir, &["train", "--resume", run.to_str().unwrap()]);
+                assert_fails_with(&out, &["holds no checkpoint"]);
+                continue;
+            }
+            std::fs::write(run.join("checkpoints").join("NOTES.txt"), "mine").unwrap();
+            let out = fairrep(&dir, &["train", "--resume", run.to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "{syscall} #{when}: the resume failed:\n{}",
+                stderr(&out)
+            );
+            let resumed = summary(&out);
+            assert_eq!(resumed["best_epoch"], full["best_epoch"], "{syscall} #{when}");
+            for task in ["task0", "task1"] {
+                let a = full["test"]["tasks"][task]["loss"].as_f64().unwrap();
+                let b = resumed["test"]["tasks"][task]["loss"].as_f64().unwrap();
+                assert!((a - b).abs() <= 1e-4, "{syscall} #{when}: {task} {a} vs {b}");
+            }
+            let best = std::fs::read_to_string(run.join("best")).unwrap();
+            let want = format!("epoch-{:04}", full["best_epoch"].as_u64().unwrap());
+            assert_eq!(best.trim(), want, "{syscall} #{when}");
+            assert_eq!(logged_epochs(&run), vec![1, 2, 3, 4], "{syscall} #{when}");
+            assert_eq!(temporaries(&run), Vec::<PathBuf>::new(), "{syscall} #{when}");
+            let notes = run.join("checkpoints").join("NOTES.txt");
+            assert_eq!(std::fs::read_to_string(notes).unwrap(), "mine");
+        }
+    }
+    assert!(killed >= 20, "only {killed} injection points were hit");
+}
+
+/// The central claim on the synthetic data: with the MMD penalty (lambda > 0) the groups'
+/// representations are closer (lower test penalty, the MMD between the groups' z) and the
+/// heads' decisions fairer (lower test DP gap, on average over tasks) than with lambda = 0,
+/// at the same seed, for each of two seeds.
+#[test]
+fn the_penalty_makes_the_representation_fairer() {
+    let dir = scratch("claim");
+    let config = small_config(&dir, "mmd", 8);
+    let config = config.to_str().unwrap();
+    for seed in ["3", "4"] {
+        let run = |lambda: &str| {
+            let out = fairrep(
+                &dir,
+                &[
+                    "train",
+                    config,
+                    "--device",
+                    "flex",
+                    "--seed",
+                    seed,
+                    "--set",
+                    &format!("penalty.lambda={lambda}"),
+                    "--set",
+                    "model.dropout=0.0",
+                ],
+            );
+            assert_ok(&out);
+            let s = summary(&out);
+            let dp: f64 = ["task0", "task1"]
+                .iter()
+                .map(|t| s["test"]["tasks"][t]["dp_gap"].as_f64().unwrap())
+                .sum::<f64>()
+                / 2.0;
+            (s["test"]["penalty"].as_f64().unwrap(), dp)
+        };
+        let (penalty0, dp0) = run("0");
+        let (penalty1, dp1) = run("10");
+        assert!(
+            penalty1 < 0.5 * penalty0,
+            "seed {seed}: test MMD {penalty1} with lambda = 10 vs {penalty0} with lambda = 0"
+        );
+        assert!(
+            dp1 < dp0 - 0.05,
+            "seed {seed}: test DP gap {dp1} with lambda = 10 vs {dp0} with lambda = 0"
+        );
+    }
 }
 
 #[test]
@@ -917,6 +1112,30 @@ fn transfer_eval_and_export_end_to_end() {
         .as_f64()
         .unwrap();
     assert!(base_p <= 0.05 + 1e-12, "{report}");
+
+    // Without permutations there is no test: the statistic, and no p-value.
+    let out = fairrep(
+        &dir,
+        &[
+            "eval",
+            "--from",
+            fair.to_str().unwrap(),
+            "--device",
+            "flex",
+            "--permutations",
+            "0",
+            "--sinkhorn-permutations",
+            "0",
+            "--max-points",
+            "200",
+        ],
+    );
+    assert_ok(&out);
+    let report = read_json(&fair.join("eval.json"));
+    let leakage = &report["runs"][0]["leakage"];
+    assert!(leakage["mmd2"]["p_value"].is_null(), "{leakage}");
+    assert!(leakage["sinkhorn"]["p_value"].is_null(), "{leakage}");
+    assert!(leakage["mmd2"]["value"].as_f64().unwrap() >= 0.0);
 
     // export: z, s and labels as .npy beside a sidecar.
     let z = dir.join("export").join("z.npy");

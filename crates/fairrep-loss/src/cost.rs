@@ -1,5 +1,5 @@
 //! Squared Euclidean distances and weight helpers shared by the divergences.
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use crate::config::LossError;
 
@@ -75,4 +75,59 @@ pub(crate) fn check_weights(which: &'static str, w: &Tensor<1>, n: usize) -> Res
         });
     }
     Ok(())
+}
+
+/// The diagonal length of the pooled bounding box, the diameter used by the eps schedule: the
+/// per-coordinate extremes on the device, their differences squared and summed in float64 on
+/// the host (so that float32 coordinates near 1e20 do not overflow). NaN or infinite when a
+/// coordinate is.
+pub(crate) fn box_diameter(x: &Tensor<2>, y: &Tensor<2>) -> f64 {
+    let pooled = Tensor::cat(vec![x.clone(), y.clone()], 0);
+    let lo = host_values(pooled.clone().min_dim(0).flatten(0, 1));
+    let hi = host_values(pooled.max_dim(0).flatten(0, 1));
+    lo.iter()
+        .zip(&hi)
+        .map(|(l, h)| (h - l) * (h - l))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// The values of a small tensor, read on the host as `f64`.
+fn host_values(t: Tensor<1>) -> Vec<f64> {
+    t.into_data().try_to_vec_as::<f64>().expect("float tensor data")
+}
+
+/// The largest finite value of `dtype`.
+fn dtype_max(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => f64::MAX,
+        DType::F32 | DType::Flex32 => f64::from(f32::MAX),
+        DType::F16 => 65_504.0,
+        DType::BF16 => 3.389_531_4e38,
+        _ => f64::MAX,
+    }
+}
+
+/// [`box_diameter`], checked: the squared distances of the two clouds must be finite in their
+/// dtype (no coordinate is NaN or infinite, and `diameter^2` does not overflow), else the
+/// divergences would be NaN or never end.
+pub(crate) fn checked_diameter(x: &Tensor<2>, y: &Tensor<2>) -> Result<f64, LossError> {
+    let diameter = box_diameter(x, y);
+    let dtype = x.dtype();
+    if diameter.is_finite() && diameter * diameter < dtype_max(dtype) {
+        return Ok(diameter);
+    }
+    let magnitude = [x, y]
+        .into_iter()
+        .map(|t: &Tensor<2>| -> f64 { (*t).clone().abs().max().into_scalar::<f64>() })
+        .fold(0.0f64, |a, b| if b.is_nan() || a.is_nan() { f64::NAN } else { a.max(b) });
+    Err(LossError::NonFinite {
+        dtype: format!("{dtype:?}").to_lowercase(),
+        magnitude,
+        hint: if dtype == DType::F64 {
+            ""
+        } else {
+            ", or compute in float64 (the CPU devices)"
+        },
+    })
 }

@@ -3,7 +3,7 @@
 use burn::tensor::{DType, Tensor};
 
 use crate::config::{LossError, MmdConfig, MmdEstimator};
-use crate::cost::{check_weights, uniform_weights};
+use crate::cost::{check_weights, checked_diameter, uniform_weights};
 use crate::kernel::resolve_bandwidths;
 use crate::route::{Kind, Path, check_memory, route};
 use crate::{fused, host, tensor_ops};
@@ -57,6 +57,7 @@ pub fn mmd2_with_bandwidths(
     let b = b.unwrap_or_else(|| uniform_weights(&y));
     check_weights("a", &a, n)?;
     check_weights("b", &b, m)?;
+    checked_diameter(&x.clone().inner(), &y.clone().inner())?;
     let tracked = a.is_tracked() || b.is_tracked();
     let dtype = x.dtype();
     let path = route(Kind::Mmd, &x.device(), dtype, [n, m, d], tracked)?;

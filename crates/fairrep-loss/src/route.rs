@@ -248,7 +248,7 @@ mod tests {
         let fused = estimated_bytes(Kind::Sinkhorn, Path::Fused, dims, 4);
         // Host: 6 n m + 3 (n^2 + m^2) = 1.2e9 floats of 4 bytes.
         assert_eq!(host, 4 * (6 * 100_000_000 + 3 * 200_000_000));
-        assert!(fused < 10_000_000, "{fused}");
+        assert!(fused < 20_000_000, "{fused}");
         // 10^6 points cannot fit in any machine on the host path.
         let huge = [1_000_000, 1_000_000, 16];
         let e = check_memory(Kind::Sinkhorn, Path::Host, &Device::flex(), huge, 4);

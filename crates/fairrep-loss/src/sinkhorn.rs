@@ -79,6 +79,11 @@ pub fn sinkhorn_divergence(
     let (problem, path) = prepare(&x, &y, a, b, config)?;
     match (path, problem.a.dtype()) {
         (Path::Host, DType::F64) => host::sinkhorn::divergence::<f64>((&x, &y), problem, config),
+        // A temperature so large next to the costs that float32 potentials would lose the
+        // value: the host solves in float64 and returns the dtype of the inputs.
+        (Path::Host, _) if problem.float32_too_coarse(config.eps) => {
+            host::sinkhorn::divergence::<f64>((&x, &y), problem.cast(DType::F64), config)
+        }
         (Path::Host, _) => host::sinkhorn::divergence::<f32>((&x, &y), problem, config),
         (Path::Fused, _) => fused::divergence((&x, &y), problem, config),
         (Path::TensorOps, _) => {
@@ -187,6 +192,34 @@ mod tests {
         let v: f32 = out.value.into_scalar();
         assert!(out.converged);
         assert!((v - 12.5).abs() < 1e-4, "{v}");
+    }
+
+    #[test]
+    fn a_huge_temperature_keeps_its_accuracy_in_float32() {
+        // eps = 1e6 on unit clouds: float32 potentials of size eps ln(n) cannot resolve the
+        // value, so the host path solves in float64 and the float32 result matches the
+        // float64 one.
+        let (x, y) = (cloud(60, 3, 5, 0.0), cloud(50, 3, 7, 0.3));
+        let config = SinkhornConfig {
+            eps: 1.0e6,
+            ..SinkhornConfig::default()
+        };
+        let exact = sinkhorn_divergence(x.clone(), y.clone(), None, None, &config).unwrap();
+        let exact: f64 = exact.value.into_scalar::<f64>();
+        let ad = Device::flex().autodiff();
+        let on_ad = |t: Tensor<2>| {
+            let [n, d] = t.dims();
+            let v: Vec<f64> = t.into_data().try_to_vec_as::<f64>().unwrap();
+            Tensor::<2>::from_data(TensorData::new(v, [n, d]), (&ad, DType::F32))
+        };
+        let x32 = on_ad(x).require_grad();
+        let got = sinkhorn_divergence(x32.clone(), on_ad(y), None, None, &config).unwrap();
+        assert_eq!(got.value.dtype(), DType::F32);
+        let grads = got.value.backward();
+        assert!(x32.grad(&grads).is_some());
+        let got: f64 = got.value.into_scalar::<f32>().into();
+        assert!(exact > 0.05, "{exact}");
+        assert!((got - exact).abs() <= 1e-5 * exact, "{got} vs {exact}");
     }
 
     #[test]

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 
 use burn::tensor::{DType, Device, DeviceKind, Tensor, TensorData};
 use fairrep_loss::{
-    Bandwidth, MmdConfig, MmdEstimator, SinkhornConfig, mmd2, mmd2_with_bandwidths,
-    sinkhorn_divergence,
+    Bandwidth, LossError, MmdConfig, MmdEstimator, SinkhornConfig, SinkhornOutput, mmd2,
+    mmd2_tensor_ops, mmd2_with_bandwidths, sinkhorn_divergence, sinkhorn_divergence_tensor_ops,
 };
 use serde::Deserialize;
 
@@ -160,11 +160,28 @@ fn flat(rows: &[Vec<f64>]) -> Vec<f64> {
     rows.iter().flatten().copied().collect()
 }
 
+/// Which implementation a fixture check runs: the one `fairrep_loss::route` picks for the
+/// device, or the tensor-op reference whatever the device.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Path {
+    Routed,
+    TensorOps,
+}
+
+type SinkhornFn = fn(
+    Tensor<2>,
+    Tensor<2>,
+    Option<Tensor<1>>,
+    Option<Tensor<1>>,
+    &SinkhornConfig,
+) -> Result<SinkhornOutput, LossError>;
+
 /// Value and gradients of the Sinkhorn divergence on `device`.
 fn sinkhorn_with_grads(
     case: &SinkhornCase,
     device: &Device,
     p: Precision,
+    path: Path,
 ) -> (f64, Vec<f64>, Vec<f64>, bool) {
     let ad = device.clone().autodiff();
     let x = matrix(&case.x, &ad, p).require_grad();
@@ -178,7 +195,11 @@ fn sinkhorn_with_grads(
         max_iters: 20_000,
         check_every: 10,
     };
-    let out = sinkhorn_divergence(x.clone(), y.clone(), Some(a), Some(b), &config).unwrap();
+    let solve: SinkhornFn = match path {
+        Path::Routed => sinkhorn_divergence,
+        Path::TensorOps => sinkhorn_divergence_tensor_ops,
+    };
+    let out = solve(x.clone(), y.clone(), Some(a), Some(b), &config).unwrap();
     let grads = out.value.backward();
     let value = scalar(out.value.inner());
     let gx = to_vec(x.grad(&grads).expect("grad x"));
@@ -200,7 +221,7 @@ fn conditioning(case: &SinkhornCase) -> f64 {
     max_c / case.eps
 }
 
-fn check_sinkhorn_fixtures(device: &Device, p: Precision) {
+fn check_sinkhorn_fixtures(device: &Device, p: Precision, path: Path) {
     let cases: Vec<SinkhornCase> = load("sinkhorn.json.gz");
     assert!(cases.len() >= 20, "expected at least 20 Sinkhorn cases");
     let u = if p.dtype == DType::F64 {
@@ -210,7 +231,7 @@ fn check_sinkhorn_fixtures(device: &Device, p: Precision) {
     };
     let mut failures = Vec::new();
     for case in &cases {
-        let (value, gx, gy, converged) = sinkhorn_with_grads(case, device, p);
+        let (value, gx, gy, converged) = sinkhorn_with_grads(case, device, p, path);
         // The reference at the inputs as this precision stores them: first-order correction
         // `<grad S, x_rounded - x>` (matters for clouds 1e3 from the origin in float32).
         let rounding = |rows: &[Vec<f64>], grad: &[Vec<f64>]| -> f64 {
@@ -258,7 +279,7 @@ fn check_sinkhorn_fixtures(device: &Device, p: Precision) {
     );
 }
 
-fn check_mmd_fixtures(device: &Device, p: Precision) {
+fn check_mmd_fixtures(device: &Device, p: Precision, path: Path) {
     let cases: Vec<MmdCase> = load("mmd.json.gz");
     assert!(cases.len() >= 10, "expected at least 10 MMD cases");
     let mut failures = Vec::new();
@@ -282,11 +303,28 @@ fn check_mmd_fixtures(device: &Device, p: Precision) {
                 other => panic!("unknown estimator {other}"),
             },
         };
-        let out = mmd2_with_bandwidths(x.clone(), y, Some(a.clone()), Some(b.clone()), &config).unwrap();
-        let grads = out.value.backward();
-        let value = scalar(out.value.inner());
+        let (out_value, bandwidths) = match path {
+            Path::Routed => {
+                let out =
+                    mmd2_with_bandwidths(x.clone(), y, Some(a.clone()), Some(b.clone()), &config)
+                        .unwrap();
+                (out.value, out.bandwidths)
+            }
+            Path::TensorOps => {
+                let bandwidths = match &config.bandwidth {
+                    Bandwidth::Fixed(v) => v.clone(),
+                    Bandwidth::Median => vec![fairrep_loss::median_heuristic(&x, &y).unwrap()],
+                };
+                let value =
+                    mmd2_tensor_ops(x.clone(), y, Some(a.clone()), Some(b.clone()), &config)
+                        .unwrap();
+                (value, bandwidths)
+            }
+        };
+        let grads = out_value.backward();
+        let value = scalar(out_value.inner());
         let gx = to_vec(x.grad(&grads).expect("grad x"));
-        let bw_err = rel_err_max(&out.bandwidths, &case.bandwidths_resolved, 0.0);
+        let bw_err = rel_err_max(&bandwidths, &case.bandwidths_resolved, 0.0);
         // The reference at the inputs as this precision stores them: the change from rounding
         // the inputs, evaluated with the float64 path (itself checked against the references
         // to 1e-9 by `mmd_matches_references_f64`); zero in float64.
@@ -602,6 +640,16 @@ fn check_non_convergence_is_reported(device: &Device) {
     assert!(scalar(out.value).is_finite());
 }
 
+/// The tensor-op path (the GPU devices' path below the fused threshold, and the reference of
+/// the host and fused paths) against the same fixtures, on the CPU: its final differentiable
+/// step is checked here too, not only on the software Vulkan of CI.
+#[test]
+fn tensor_op_path_matches_references_on_flex() {
+    let device = Device::flex();
+    check_sinkhorn_fixtures(&device, F32, Path::TensorOps);
+    check_mmd_fixtures(&device, F64, Path::TensorOps);
+}
+
 /// Identical clouds are the near-symmetric case where plain alternating steps oscillate:
 /// the float64 solve must still reach its 1e-11 tolerance (`sinkhorn_value` asserts it), and
 /// the divergence is zero.
@@ -636,7 +684,7 @@ macro_rules! device_tests {
             #[test]
             fn sinkhorn_matches_references_f32() {
                 if let Some(d) = device() {
-                    check_sinkhorn_fixtures(&d, F32);
+                    check_sinkhorn_fixtures(&d, F32, Path::Routed);
                 }
             }
 
@@ -644,21 +692,21 @@ macro_rules! device_tests {
             #[test]
             fn sinkhorn_matches_references_f64() {
                 if let Some(d) = device_f64().filter(|_| stringify!($module) == "flex") {
-                    check_sinkhorn_fixtures(&d, F64);
+                    check_sinkhorn_fixtures(&d, F64, Path::Routed);
                 }
             }
 
             #[test]
             fn mmd_matches_references_f32() {
                 if let Some(d) = device() {
-                    check_mmd_fixtures(&d, F32);
+                    check_mmd_fixtures(&d, F32, Path::Routed);
                 }
             }
 
             #[test]
             fn mmd_matches_references_f64() {
                 if let Some(d) = device_f64() {
-                    check_mmd_fixtures(&d, F64);
+                    check_mmd_fixtures(&d, F64, Path::Routed);
                 }
             }
 

@@ -138,9 +138,10 @@ mod tests {
         // Float32 points 1e20 apart: the distance is kept (computed in float64).
         let m = median_pairwise_distance(&[0.0f32, 0.0, 1e20, 0.0], 2).unwrap();
         assert!((m.value - 1e20).abs() < 1e13, "{m:?}");
-        // Mostly duplicated points: the median of the positive distances.
-        let m = median_pairwise_distance(&[0.0f64, 0.0, 0.0, 2.0], 1).unwrap();
-        assert_eq!(m.value, 2.0);
+        // Mostly duplicated points (six of the ten distances are 0): the median of the positive
+        // distances.
+        let m = median_pairwise_distance(&[0.0f64, 0.0, 0.0, 0.0, 2.0], 1).unwrap();
+        assert_eq!((m.value, m.pairs), (2.0, 4));
         assert_eq!(
             median_pairwise_distance(&[1.0f64, 1.0], 1),
             Err(MedianError::AllIdentical)

@@ -47,6 +47,15 @@ pub(crate) fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         (None, Some(run_dir)) => run_dir.join(CONFIG_FILE),
         (None, None) => unreachable!("clap requires CONFIG unless --resume"),
     };
+    if let (None, Some(run_dir)) = (&args.config, &args.resume)
+        && !config_path.exists()
+    {
+        anyhow::bail!(
+            "`{}` holds no checkpoint and no {CONFIG_FILE}: it is not a run directory, or its run \
+             was killed before its first checkpoint; there is nothing to resume",
+            run_dir.display()
+        );
+    }
     let mut overrides = args.set.clone();
     if let Some(device) = args.device {
         let name = DeviceChoice::from(device).name();

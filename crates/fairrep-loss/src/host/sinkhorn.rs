@@ -116,6 +116,7 @@ struct HostSolution<F> {
 impl<F: HostFloat> HostSolution<F> {
     fn new(problem: &Problem, config: &SinkhornConfig) -> Result<Self, LossError> {
         let costs = Costs::new(&problem.x, &problem.y);
+
         let mut op = HostSoftmin::new(costs.xy, costs.xx, costs.yy);
         let (a, b) = (host_vec(problem.a.clone()), host_vec(problem.b.clone()));
         let solved = solve_with(&mut op, problem.diameter, &a, &b, problem.same, config)?;
@@ -181,9 +182,10 @@ pub(crate) fn divergence<F: HostFloat>(
             .sum()
     };
     let value = dot(&a_h, &f_ba, &f_aa) + dot(&b_h, &g_ab, &g_bb);
+    // The outputs in the inputs' dtype (the loop may run in float64 for float32 inputs).
     let (device, dtype) = (problem.a.device(), problem.a.dtype());
-    let value_t =
-        Tensor::<1>::from_data(TensorData::new(vec![F::of(value)], [1]), (&device, dtype));
+    let out_dtype = x.dtype();
+    let value_t = Tensor::<1>::from_data(TensorData::new(vec![value], [1]), (&device, out_dtype));
     let value = if gx || gy {
         // Gradients in centred coordinates (exact: rows of the plans sum to 1).
         let (xi, yi) = (problem.x.clone(), problem.y.clone());
@@ -207,8 +209,8 @@ pub(crate) fn divergence<F: HostFloat>(
                 * w
         };
         let (a, b) = (&problem.a, &problem.b);
-        let grad_x = gx.then(|| envelope(a, &xc, &yc, p_aa, p_ab, n, m));
-        let grad_y = gy.then(|| envelope(b, &yc, &xc, p_bb, p_ba, m, n));
+        let grad_x = gx.then(|| envelope(a, &xc, &yc, p_aa, p_ab, n, m).cast(out_dtype));
+        let grad_y = gy.then(|| envelope(b, &yc, &xc, p_bb, p_ba, m, n).cast(out_dtype));
         with_gradients(value_t, [(x, grad_x), (y, grad_y)])
     } else {
         value_t
