@@ -25,9 +25,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::probe::{FitError, FitSettings, fit_head};
-use crate::stats::{
-    self, GroupDivergence, ScoreMetrics, StatsError, TestDivergence, TestSettings,
-};
+use crate::stats::{self, GroupDivergence, ScoreMetrics, StatsError, TestDivergence, TestSettings};
 use crate::trained::{TrainedError, TrainedRun};
 
 /// Options of [`evaluate_runs`].
@@ -82,7 +80,7 @@ pub enum EvalCmdError {
         run: PathBuf,
         /// Why.
         #[source]
-        source: StatsError,
+        source: Box<StatsError>,
     },
     /// Runs of different tasks.
     #[error(
@@ -290,7 +288,7 @@ fn evaluate_run(
         )
         .map_err(|source| EvalCmdError::Stats {
             run: run.run_dir.clone(),
-            source,
+            source: Box::new(source),
         })
     };
     let mmd2 = test(TestDivergence::Mmd, opts.permutations)?;

@@ -73,6 +73,9 @@ mod tests {
         let p = report_path(&None, &runs(&["a", "b"]), "eval.json").unwrap();
         assert_eq!(p, PathBuf::from("eval.json"));
         let out = Some(PathBuf::from("o.json"));
-        assert_eq!(report_path(&out, &runs(&["a", "b"]), "e").unwrap(), PathBuf::from("o.json"));
+        assert_eq!(
+            report_path(&out, &runs(&["a", "b"]), "e").unwrap(),
+            PathBuf::from("o.json")
+        );
     }
 }

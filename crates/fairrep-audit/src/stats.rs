@@ -363,10 +363,7 @@ mod tests {
             .enumerate()
             .map(|(i, v)| v + if i % 2 == 0 { 0.3 } else { 0.4 })
             .collect();
-        let (fx, fy) = (
-            Matrix::new(x, n, 2),
-            Matrix::new(y, n, 2),
-        );
+        let (fx, fy) = (Matrix::new(x, n, 2), Matrix::new(y, n, 2));
         let b = w1_upper_bound(&fx, &fy, 0.02, &device).unwrap();
         assert!(b.value >= 0.5 - 1e-6, "{b:?}");
         assert!(b.value < 0.5 * 1.05, "{b:?}");
@@ -428,10 +425,12 @@ mod tests {
             seed: 3,
         };
         let (z, g) = make(1.0);
-        let t = group_divergence_test(&z, &g, 2, settings(TestDivergence::Mmd, 49), &device).unwrap();
+        let t =
+            group_divergence_test(&z, &g, 2, settings(TestDivergence::Mmd, 49), &device).unwrap();
         assert!(t.p_value.unwrap() <= 0.02 + 1e-12, "{t:?}");
         let (z, g) = make(0.0);
-        let t = group_divergence_test(&z, &g, 2, settings(TestDivergence::Mmd, 49), &device).unwrap();
+        let t =
+            group_divergence_test(&z, &g, 2, settings(TestDivergence::Mmd, 49), &device).unwrap();
         assert!(t.p_value.unwrap() > 0.05, "{t:?}");
         let s = group_divergence_test(
             &make(1.0).0,

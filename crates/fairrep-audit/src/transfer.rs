@@ -339,7 +339,7 @@ pub enum TransferError {
         representation: String,
         /// Why.
         #[source]
-        source: StatsError,
+        source: Box<StatsError>,
     },
 }
 
@@ -647,7 +647,7 @@ pub fn transfer(
             };
             let stats_err = |source| TransferError::Stats {
                 representation: rep.name.clone(),
-                source,
+                source: Box::new(source),
             };
             if i == 0 {
                 order.push(rep.name.clone());

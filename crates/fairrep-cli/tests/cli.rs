@@ -288,7 +288,13 @@ fn resumed_run_matches_an_uninterrupted_one() {
     let run = only_run_dir(&dir.join("plain"));
     let resumed = fairrep_plain(
         &dir,
-        &["train", "--device", "flex", "--resume", run.to_str().unwrap()],
+        &[
+            "train",
+            "--device",
+            "flex",
+            "--resume",
+            run.to_str().unwrap(),
+        ],
     );
     assert_ok(&resumed);
     let resumed = summary(&resumed);
@@ -300,7 +306,11 @@ fn logged_epochs(run: &Path) -> Vec<u64> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["epoch"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
         .collect()
 }
 
@@ -386,17 +396,27 @@ fn a_kill_at_any_write_step_loses_nothing() {
                 stderr(&out)
             );
             let resumed = summary(&out);
-            assert_eq!(resumed["best_epoch"], full["best_epoch"], "{syscall} #{when}");
+            assert_eq!(
+                resumed["best_epoch"], full["best_epoch"],
+                "{syscall} #{when}"
+            );
             for task in ["task0", "task1"] {
                 let a = full["test"]["tasks"][task]["loss"].as_f64().unwrap();
                 let b = resumed["test"]["tasks"][task]["loss"].as_f64().unwrap();
-                assert!((a - b).abs() <= 1e-4, "{syscall} #{when}: {task} {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-4,
+                    "{syscall} #{when}: {task} {a} vs {b}"
+                );
             }
             let best = std::fs::read_to_string(run.join("best")).unwrap();
             let want = format!("epoch-{:04}", full["best_epoch"].as_u64().unwrap());
             assert_eq!(best.trim(), want, "{syscall} #{when}");
             assert_eq!(logged_epochs(&run), vec![1, 2, 3, 4], "{syscall} #{when}");
-            assert_eq!(temporaries(&run), Vec::<PathBuf>::new(), "{syscall} #{when}");
+            assert_eq!(
+                temporaries(&run),
+                Vec::<PathBuf>::new(),
+                "{syscall} #{when}"
+            );
             let notes = run.join("checkpoints").join("NOTES.txt");
             assert_eq!(std::fs::read_to_string(notes).unwrap(), "mine");
         }

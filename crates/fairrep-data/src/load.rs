@@ -290,7 +290,10 @@ impl Dataset {
     /// Keeps only the tasks `order` (indices into the current tasks), in that order, in the
     /// schema and in every split.
     pub fn keep_tasks(&mut self, order: &[usize]) {
-        self.schema.tasks = order.iter().map(|&i| self.schema.tasks[i].clone()).collect();
+        self.schema.tasks = order
+            .iter()
+            .map(|&i| self.schema.tasks[i].clone())
+            .collect();
         for split in [&mut self.train, &mut self.valid, &mut self.test] {
             split.keep_targets(order);
         }
@@ -402,7 +405,14 @@ fn load_encoded(
         Encoding::Fit => fit_preprocessing(&mut tables, &rows, &inputs)?,
         Encoding::Resume(_, p) | Encoding::Transfer(_, p) => p.clone(),
     };
-    let schema = build_schema(spec, opts, &tasks, &inputs, &preprocessing, &rows.group_names);
+    let schema = build_schema(
+        spec,
+        opts,
+        &tasks,
+        &inputs,
+        &preprocessing,
+        &rows.group_names,
+    );
     match encoding {
         Encoding::Fit => {}
         Encoding::Resume(saved, p) => {
@@ -1390,8 +1400,8 @@ mod tests {
         // (i % 7) - 3 has population std 2 over whole cycles; the train rows are close to it.
         assert!((a.std - 2.0).abs() < 0.1, "{a:?}");
         let mean = train.iter().sum::<f64>() / train.len() as f64;
-        let sd = (train.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / train.len() as f64)
-            .sqrt();
+        let sd =
+            (train.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / train.len() as f64).sqrt();
         assert!(mean.abs() < 1e-6 && (sd - 1.0).abs() < 1e-6, "{mean} {sd}");
         // The constant 1e30 column is centred to exactly 0 with std 1.
         let c = &ds.preprocessing.numeric[1];
@@ -1404,7 +1414,13 @@ mod tests {
     fn split_names_parse_and_print() {
         assert_eq!("valid".parse::<SplitName>().unwrap(), SplitName::Valid);
         assert_eq!(SplitName::Test.to_string(), "test");
-        assert!("dev".parse::<SplitName>().unwrap_err().to_string().contains("`dev`"));
+        assert!(
+            "dev"
+                .parse::<SplitName>()
+                .unwrap_err()
+                .to_string()
+                .contains("`dev`")
+        );
     }
 
     #[test]

@@ -307,7 +307,11 @@ fn read_npy(path: &Path) -> Result<MatrixFile, MatrixError> {
     };
     Ok(MatrixFile {
         matrix: Matrix { values, rows, cols },
-        stored_as: if width == 8 { StoredAs::F64 } else { StoredAs::F32 },
+        stored_as: if width == 8 {
+            StoredAs::F64
+        } else {
+            StoredAs::F32
+        },
     })
 }
 
@@ -368,7 +372,10 @@ mod tests {
         let path = temp("rt.npy");
         write_npy_f32(&path, &[1.0, 2.5, -3.0, 4.0, 5.0, 6.0], 3, Some(2)).unwrap();
         let f = read_matrix(&path).unwrap();
-        assert_eq!((f.matrix.rows, f.matrix.cols, f.stored_as), (3, 2, StoredAs::F32));
+        assert_eq!(
+            (f.matrix.rows, f.matrix.cols, f.stored_as),
+            (3, 2, StoredAs::F32)
+        );
         assert_eq!(f.matrix.values, vec![1.0, 2.5, -3.0, 4.0, 5.0, 6.0]);
     }
 

@@ -278,13 +278,17 @@ pub fn synthetic(cfg: &SyntheticConfig, seed: u64) -> Dataset {
 #[cfg(test)]
 mod tests {
     use super::*;
-    
 
     #[test]
     fn defaults_have_shape_balance_and_a_clear_dp_gap() {
         let ds = synthetic(&SyntheticConfig::default(), 7);
         assert_eq!(
-            (ds.train.len(), ds.valid.len(), ds.test.len(), ds.n_features()),
+            (
+                ds.train.len(),
+                ds.valid.len(),
+                ds.test.len(),
+                ds.n_features()
+            ),
             (4000, 1000, 1000, 16)
         );
         assert_eq!(ds.task_names(), vec!["task0", "task1", "task2"]);
@@ -311,7 +315,10 @@ mod tests {
     fn seeded_and_tunable() {
         let cfg = SyntheticConfig::default();
         assert_eq!(synthetic(&cfg, 1), synthetic(&cfg, 1));
-        assert_ne!(synthetic(&cfg, 1).train.x.values, synthetic(&cfg, 2).train.x.values);
+        assert_ne!(
+            synthetic(&cfg, 1).train.x.values,
+            synthetic(&cfg, 2).train.x.values
+        );
         let fair = SyntheticConfig {
             group_shift: 0.0,
             label_bias: 0.0,

@@ -103,7 +103,8 @@ fn check_common(ds: &Dataset) {
     // Every one-hot feature is 0/1.
     let n_num = ds.preprocessing.numeric.len();
     assert!(
-        tr.x.values.chunks(d)
+        tr.x.values
+            .chunks(d)
             .all(|r| r[n_num..].iter().all(|&v| v == 0.0 || v == 1.0))
     );
 }
@@ -305,7 +306,10 @@ fn compas_counts() {
             ..opts(None, false)
         },
     );
-    assert_eq!(other.train.len() + other.valid.len() + other.test.len(), 5_278);
+    assert_eq!(
+        other.train.len() + other.valid.len() + other.test.len(),
+        5_278
+    );
     assert_ne!(other.train.x, ds.train.x);
 }
 
@@ -476,7 +480,10 @@ fn task_columns_leave_the_inputs() {
         ..LoadOptions::default()
     };
     assert_eq!(
-        load(&s, &o(&["y"], false), Encoding::Fit).unwrap().schema.features,
+        load(&s, &o(&["y"], false), Encoding::Fit)
+            .unwrap()
+            .schema
+            .features,
         vec!["a", "c=u", "c=v"]
     );
     assert_eq!(
@@ -487,7 +494,10 @@ fn task_columns_leave_the_inputs() {
         vec!["c=u", "c=v"]
     );
     assert_eq!(
-        load(&s, &o(&["a_big"], true), Encoding::Fit).unwrap().schema.features,
+        load(&s, &o(&["a_big"], true), Encoding::Fit)
+            .unwrap()
+            .schema
+            .features,
         vec!["a", "c=u", "c=v"]
     );
     // "all": the feature set does not depend on the task selection.
@@ -500,7 +510,10 @@ fn task_columns_leave_the_inputs() {
     )
     .unwrap();
     assert_eq!(
-        load(&s_all, &o(&["y"], false), Encoding::Fit).unwrap().schema.features,
+        load(&s_all, &o(&["y"], false), Encoding::Fit)
+            .unwrap()
+            .schema
+            .features,
         vec!["c=u", "c=v"]
     );
     // The task order follows the request.
@@ -752,7 +765,9 @@ fn held_out_tasks_leave_the_inputs_and_transfer_keeps_the_saved_encoding() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("`a_big` in both lists"), "{e}");
-    let e = load(&s, &o(&["y"], &["nope"]), Encoding::Fit).unwrap_err().to_string();
+    let e = load(&s, &o(&["y"], &["nope"]), Encoding::Fit)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("nope"), "{e}");
 
     // Transfer: the held-out task with the trained schema's inputs and encoding.
@@ -776,24 +791,22 @@ fn held_out_tasks_leave_the_inputs_and_transfer_keeps_the_saved_encoding() {
     // A schema whose input columns differ is refused, naming what differs.
     let mut other = trained.schema.clone();
     other.inputs[0].column = "b".into();
-    let e =
-        load(
+    let e = load(
         &s,
         &o(&["a_big"], &[]),
         Encoding::Transfer(&other, &trained.preprocessing),
     )
-            .unwrap_err()
-            .to_string();
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("missing column `b`"), "{e}");
     let mut groups = trained.schema.clone();
     groups.groups = vec!["X".into(), "Y".into()];
-    let e =
-        load(
+    let e = load(
         &s,
         &o(&["a_big"], &[]),
         Encoding::Transfer(&groups, &trained.preprocessing),
     )
-            .unwrap_err()
-            .to_string();
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("groups"), "{e}");
 }

@@ -15,6 +15,9 @@
 //! model is also reported at the configurations the other rules (accuracy; smallest DEO
 //! within 90% or 98% of the best accuracy) pick from the same CV table.
 
+// An example reports to the terminal.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 

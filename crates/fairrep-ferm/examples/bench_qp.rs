@@ -8,6 +8,9 @@
 //! Data: seeded synthetic, 100 columns (about Adult's width after one-hot encoding), two
 //! groups with shifted features and group-dependent labels.
 
+// A benchmark reports to the terminal.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::time::Instant;
 
 use fairrep_ferm::{

@@ -26,8 +26,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
-use fairrep_loss::{Bandwidth, MmdConfig, MmdEstimator, SinkhornConfig, mmd2, sinkhorn_divergence};
 use fairrep_data::matrix::write_npy_f32;
+use fairrep_loss::{Bandwidth, MmdConfig, MmdEstimator, SinkhornConfig, mmd2, sinkhorn_divergence};
 
 struct Options {
     device: String,
@@ -365,7 +365,13 @@ fn main() {
                 bandwidth: Bandwidth::Fixed(vec![1.0]),
                 estimator: MmdEstimator::Biased,
             };
-            let run = move |x, y| (mmd2(x, y, None, None, &mmd).expect("the divergence computes"), 0.0, 0);
+            let run = move |x, y| {
+                (
+                    mmd2(x, y, None, None, &mmd).expect("the divergence computes"),
+                    0.0,
+                    0,
+                )
+            };
             let (secs, value, _, _) = time_ours(&device, &x, &y, n, d, o.repeats, &run);
             let base = Ours {
                 secs,

@@ -226,12 +226,48 @@ mod tests {
         let bad = |c: SinkhornConfig| c.validate().unwrap_err().to_string();
         let base = SinkhornConfig::default;
         assert!(bad(SinkhornConfig { eps: 0.0, ..base() }).contains("eps"));
-        assert!(bad(SinkhornConfig { eps: f64::NAN, ..base() }).contains("eps"));
-        assert!(bad(SinkhornConfig { scaling: 1.0, ..base() }).contains("[0.5, 0.95]"));
-        assert!(bad(SinkhornConfig { scaling: 0.99, ..base() }).contains("scaling"));
-        assert!(bad(SinkhornConfig { tolerance: 0.0, ..base() }).contains("tolerance"));
-        assert!(bad(SinkhornConfig { max_iters: 0, ..base() }).contains("max_iters"));
-        assert!(bad(SinkhornConfig { check_every: 0, ..base() }).contains("check_every"));
+        assert!(
+            bad(SinkhornConfig {
+                eps: f64::NAN,
+                ..base()
+            })
+            .contains("eps")
+        );
+        assert!(
+            bad(SinkhornConfig {
+                scaling: 1.0,
+                ..base()
+            })
+            .contains("[0.5, 0.95]")
+        );
+        assert!(
+            bad(SinkhornConfig {
+                scaling: 0.99,
+                ..base()
+            })
+            .contains("scaling")
+        );
+        assert!(
+            bad(SinkhornConfig {
+                tolerance: 0.0,
+                ..base()
+            })
+            .contains("tolerance")
+        );
+        assert!(
+            bad(SinkhornConfig {
+                max_iters: 0,
+                ..base()
+            })
+            .contains("max_iters")
+        );
+        assert!(
+            bad(SinkhornConfig {
+                check_every: 0,
+                ..base()
+            })
+            .contains("check_every")
+        );
         let mmd = |b: Vec<f64>| MmdConfig {
             bandwidth: Bandwidth::Fixed(b),
             estimator: MmdEstimator::Biased,

@@ -50,7 +50,11 @@ pub(crate) fn check_weights(which: &'static str, w: &Tensor<1>, n: usize) -> Res
     let len = w.dims()[0];
     if len != n {
         return Err(LossError::Shape {
-            what: if which == "a" { "weights a" } else { "weights b" },
+            what: if which == "a" {
+                "weights a"
+            } else {
+                "weights b"
+            },
             expected: format!("{n} weights, one per point"),
             found: format!("{len}"),
         });
@@ -94,7 +98,9 @@ pub(crate) fn box_diameter(x: &Tensor<2>, y: &Tensor<2>) -> f64 {
 
 /// The values of a small tensor, read on the host as `f64`.
 fn host_values(t: Tensor<1>) -> Vec<f64> {
-    t.into_data().try_to_vec_as::<f64>().expect("float tensor data")
+    t.into_data()
+        .try_to_vec_as::<f64>()
+        .expect("float tensor data")
 }
 
 /// The largest finite value of `dtype`.
@@ -120,7 +126,13 @@ pub(crate) fn checked_diameter(x: &Tensor<2>, y: &Tensor<2>) -> Result<f64, Loss
     let magnitude = [x, y]
         .into_iter()
         .map(|t: &Tensor<2>| -> f64 { (*t).clone().abs().max().into_scalar::<f64>() })
-        .fold(0.0f64, |a, b| if b.is_nan() || a.is_nan() { f64::NAN } else { a.max(b) });
+        .fold(0.0f64, |a, b| {
+            if b.is_nan() || a.is_nan() {
+                f64::NAN
+            } else {
+                a.max(b)
+            }
+        });
     Err(LossError::NonFinite {
         dtype: format!("{dtype:?}").to_lowercase(),
         magnitude,

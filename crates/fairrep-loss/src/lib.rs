@@ -25,9 +25,7 @@ pub mod sinkhorn;
 pub mod solver;
 pub mod tensor_ops;
 
-pub use config::{
-    Bandwidth, LossError, MmdConfig, MmdEstimator, SCALING_RANGE, SinkhornConfig,
-};
+pub use config::{Bandwidth, LossError, MmdConfig, MmdEstimator, SCALING_RANGE, SinkhornConfig};
 pub use kernel::median_heuristic;
 pub use mmd::{MmdOutput, mmd2, mmd2_tensor_ops, mmd2_with_bandwidths};
 pub use penalty::{Divergence, PenaltyOutput, fairness_penalty};

@@ -89,7 +89,14 @@ pub fn mmd2_tensor_ops(
     let b = b.unwrap_or_else(|| uniform_weights(&y));
     let bandwidths = resolve_bandwidths(config, &x, &y)?;
     let unbiased = config.estimator == MmdEstimator::Unbiased;
-    Ok(tensor_ops::mmd2_tensor_ops(x, y, a, b, &bandwidths, unbiased))
+    Ok(tensor_ops::mmd2_tensor_ops(
+        x,
+        y,
+        a,
+        b,
+        &bandwidths,
+        unbiased,
+    ))
 }
 
 #[cfg(test)]
@@ -180,7 +187,9 @@ mod tests {
             bandwidth: Bandwidth::Fixed(vec![1.0]),
             estimator: MmdEstimator::Unbiased,
         };
-        let v: f32 = mmd2(x.clone(), x, None, None, &config).unwrap().into_scalar();
+        let v: f32 = mmd2(x.clone(), x, None, None, &config)
+            .unwrap()
+            .into_scalar();
         let k01 = (-0.5f64).exp();
         let want = 2.0 * k01 - 2.0 * (2.0 + 2.0 * k01) / 4.0;
         assert!((v as f64 - want).abs() < 1e-6, "{v} vs {want}");

@@ -145,8 +145,7 @@ pub fn route(
     if is_wgpu(device) && dtype == DType::F64 {
         return Err(LossError::InvalidConfig {
             key: "dtype",
-            expected: "float32 on wgpu (float64 runs on the CPU devices, flex or ndarray)"
-                .into(),
+            expected: "float32 on wgpu (float64 runs on the CPU devices, flex or ndarray)".into(),
             found: "float64".into(),
         });
     }
@@ -233,10 +232,19 @@ mod tests {
         let flex = Device::flex();
         let dims = [100, 80, 4];
         for dtype in [DType::F32, DType::F64] {
-            assert_eq!(route(Kind::Sinkhorn, &flex, dtype, dims, false), Ok(Path::Host));
-            assert_eq!(route(Kind::Sinkhorn, &flex, dtype, dims, true), Ok(Path::Host));
+            assert_eq!(
+                route(Kind::Sinkhorn, &flex, dtype, dims, false),
+                Ok(Path::Host)
+            );
+            assert_eq!(
+                route(Kind::Sinkhorn, &flex, dtype, dims, true),
+                Ok(Path::Host)
+            );
             assert_eq!(route(Kind::Mmd, &flex, dtype, dims, false), Ok(Path::Host));
-            assert_eq!(route(Kind::Mmd, &flex, dtype, dims, true), Ok(Path::TensorOps));
+            assert_eq!(
+                route(Kind::Mmd, &flex, dtype, dims, true),
+                Ok(Path::TensorOps)
+            );
         }
         assert!(!is_wgpu(&flex) && is_cpu(&flex) && fused_min_pairs(&flex).is_none());
     }

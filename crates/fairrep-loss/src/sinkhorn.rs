@@ -143,7 +143,10 @@ mod tests {
                 t as f64 / 10_007.0 * 2.0 - 1.0 + shift
             })
             .collect();
-        Tensor::<2>::from_data(TensorData::new(values, [n, d]), (&Device::flex(), DType::F64))
+        Tensor::<2>::from_data(
+            TensorData::new(values, [n, d]),
+            (&Device::flex(), DType::F64),
+        )
     }
 
     #[test]

@@ -651,7 +651,10 @@ mod tests {
         // Alternating at 0.99 per iteration: slow, so averaged steps are measured next.
         let e = observe_rate(&mut m, 1.0, 0.99, 2);
         assert_eq!(m.step, CrossStep::Averaged);
-        assert_eq!(m.alternating_rate.map(|r| (r * 1e6).round()), Some(990_000.0));
+        assert_eq!(
+            m.alternating_rate.map(|r| (r * 1e6).round()),
+            Some(990_000.0)
+        );
         // Averaged steps at 0.995 are slower: over-relaxed alternating steps, settled.
         let _ = observe_rate(&mut m, e, 0.995, 3);
         let w = 2.0 / (1.0 + (1.0 - 0.99f64).sqrt());

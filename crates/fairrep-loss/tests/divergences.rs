@@ -9,6 +9,9 @@
 //!
 //! The wgpu device is the software Vulkan in CI (`FAIRREP_REQUIRE_WGPU=1` there makes a
 //! missing adapter a failure instead of a skip).
+
+// Skips are printed with their reason.
+#![allow(clippy::print_stderr)]
 use std::path::PathBuf;
 
 use burn::tensor::{DType, Device, DeviceKind, Tensor, TensorData};
@@ -338,13 +341,16 @@ fn check_mmd_fixtures(device: &Device, p: Precision, path: Path) {
             };
             let f64_value = |xs: &[Vec<f64>], ys: &[Vec<f64>]| {
                 let cpu = Device::flex();
-                scalar(mmd2(
-                    matrix(xs, &cpu, F64),
-                    matrix(ys, &cpu, F64),
-                    Some(vector(&case.a, &cpu, F64)),
-                    Some(vector(&case.b, &cpu, F64)),
-                    &config,
-                ).unwrap())
+                scalar(
+                    mmd2(
+                        matrix(xs, &cpu, F64),
+                        matrix(ys, &cpu, F64),
+                        Some(vector(&case.a, &cpu, F64)),
+                        Some(vector(&case.b, &cpu, F64)),
+                        &config,
+                    )
+                    .unwrap(),
+                )
             };
             f64_value(&round(&case.x), &round(&case.y)) - f64_value(&case.x, &case.y)
         };
@@ -408,7 +414,8 @@ fn sinkhorn_value(x: &[Vec<f64>], y: &[Vec<f64>], eps: f64, device: &Device, p: 
         None,
         None,
         &config,
-    ).unwrap();
+    )
+    .unwrap();
     assert!(
         out.converged,
         "solve did not converge: {}",
@@ -437,7 +444,8 @@ fn sinkhorn_value_unchecked(
         None,
         None,
         &config,
-    ).unwrap();
+    )
+    .unwrap();
     scalar(out.value)
 }
 
@@ -480,13 +488,16 @@ fn check_finite_differences(device: &Device) {
                     / (2.0 * h),
             );
             let m = |xs: &[Vec<f64>]| {
-                scalar(mmd2(
-                    matrix(xs, device, p),
-                    matrix(&y, device, p),
-                    None,
-                    None,
-                    &mmd_config,
-                ).unwrap())
+                scalar(
+                    mmd2(
+                        matrix(xs, device, p),
+                        matrix(&y, device, p),
+                        None,
+                        None,
+                        &mmd_config,
+                    )
+                    .unwrap(),
+                )
             };
             mmd_numeric.push((m(&xp) - m(&xm)) / (2.0 * h));
         }
@@ -564,21 +575,27 @@ fn check_invariants(device: &Device, p: Precision) {
         bandwidth: Bandwidth::Median,
         estimator: MmdEstimator::Biased,
     };
-    let m_xx = scalar(mmd2(
-        matrix(&x, device, p),
-        matrix(&x, device, p),
-        None,
-        None,
-        &config,
-    ).unwrap());
+    let m_xx = scalar(
+        mmd2(
+            matrix(&x, device, p),
+            matrix(&x, device, p),
+            None,
+            None,
+            &config,
+        )
+        .unwrap(),
+    );
     assert!(m_xx.abs() < tol, "MMD2_b(x, x) = {m_xx:e}");
-    let m_xy = scalar(mmd2(
-        matrix(&x, device, p),
-        matrix(&y, device, p),
-        None,
-        None,
-        &config,
-    ).unwrap());
+    let m_xy = scalar(
+        mmd2(
+            matrix(&x, device, p),
+            matrix(&y, device, p),
+            None,
+            None,
+            &config,
+        )
+        .unwrap(),
+    );
     assert!(m_xy > 0.0, "MMD2_b(x, y) = {m_xy:e}");
 }
 
@@ -605,7 +622,8 @@ fn check_zero_weights(device: &Device, p: Precision) {
         None,
         Some(vector(&b, device, p)),
         &config,
-    ).unwrap();
+    )
+    .unwrap();
     let padded = scalar(out.value);
     assert!(padded.is_finite(), "zero weights gave {padded}");
     let tol = if p.dtype == DType::F64 { 1e-9 } else { 1e-4 };
@@ -631,7 +649,8 @@ fn check_non_convergence_is_reported(device: &Device) {
         None,
         None,
         &config,
-    ).unwrap();
+    )
+    .unwrap();
     assert!(
         !out.converged,
         "3 iterations at eps=1e-3 cannot reach 1e-12"
@@ -1040,7 +1059,8 @@ mod fused {
                 Some(vector(&a, dev, F64)),
                 None,
                 &sinkhorn_config(1e-6),
-            ).unwrap();
+            )
+            .unwrap();
             assert!(out.converged, "reference solve: {}", out.marginal_error);
             out.value
         });
@@ -1051,7 +1071,8 @@ mod fused {
                 Some(vector(&a, dev, F32)),
                 None,
                 &sinkhorn_config(1e-5),
-            ).unwrap();
+            )
+            .unwrap();
             assert!(out.converged, "fused solve: {}", out.marginal_error);
             out.value
         });
@@ -1114,20 +1135,26 @@ mod fused {
             bandwidth: Bandwidth::Fixed(vec![1.0]),
             estimator: MmdEstimator::Biased,
         };
-        let want = scalar(mmd2(
-            matrix(&x, &Device::flex(), F64),
-            matrix(&y, &Device::flex(), F64),
-            None,
-            None,
-            &config,
-        ).unwrap());
-        let got = scalar(mmd2(
-            matrix(&x, device, F32),
-            matrix(&y, device, F32),
-            None,
-            None,
-            &config,
-        ).unwrap());
+        let want = scalar(
+            mmd2(
+                matrix(&x, &Device::flex(), F64),
+                matrix(&y, &Device::flex(), F64),
+                None,
+                None,
+                &config,
+            )
+            .unwrap(),
+        );
+        let got = scalar(
+            mmd2(
+                matrix(&x, device, F32),
+                matrix(&y, device, F32),
+                None,
+                None,
+                &config,
+            )
+            .unwrap(),
+        );
         assert!(
             (got - want).abs() < MMD_VALUE_ATOL,
             "mmd2 via the hook: {got} vs {want}"

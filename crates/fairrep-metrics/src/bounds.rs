@@ -48,7 +48,10 @@ pub fn coarse_squared_diameter(x: &[f32], y: &[f32], dim: usize) -> f64 {
     let mut d2: f64 = 0.0;
     for i in (0..n).step_by((n / 64).max(1)) {
         for j in (0..m).step_by((m / 64).max(1)) {
-            d2 = d2.max(sq_dist(&x[i * dim..(i + 1) * dim], &y[j * dim..(j + 1) * dim]));
+            d2 = d2.max(sq_dist(
+                &x[i * dim..(i + 1) * dim],
+                &y[j * dim..(j + 1) * dim],
+            ));
         }
     }
     d2

@@ -52,12 +52,15 @@ pub fn median_pairwise_distance<T: Copy + Into<f64>>(
     points: &[T],
     dim: usize,
 ) -> Result<MedianDistance, MedianError> {
-    let n = if dim == 0 { 0 } else { points.len() / dim };
+    let n = points.len().checked_div(dim).unwrap_or(0);
     if n < 2 {
         return Err(MedianError::TooFewPoints(n));
     }
     let dist = |i: usize, j: usize| -> f64 {
-        let (p, q) = (&points[i * dim..(i + 1) * dim], &points[j * dim..(j + 1) * dim]);
+        let (p, q) = (
+            &points[i * dim..(i + 1) * dim],
+            &points[j * dim..(j + 1) * dim],
+        );
         p.iter()
             .zip(q)
             .map(|(&a, &b)| {

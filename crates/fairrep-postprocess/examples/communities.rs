@@ -23,6 +23,9 @@
 //! [--data-dir DIR] [--lambda L] [--jitter SIGMA]` (defaults: 10 seeds,
 //! `../shared/datasets`, lambda 1, sigma 1e-5).
 
+// An example reports to the terminal.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -18,6 +18,9 @@
 //!   `../../../shared/datasets`); without it these tests print why and pass, unless
 //!   `FAIRREP_REQUIRE_DATA=1`.
 
+// The measured figures are printed beside the assertions.
+#![allow(clippy::print_stdout)]
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 

@@ -183,9 +183,7 @@ impl RunLock {
             Err(fs::TryLockError::WouldBlock) => Err(CheckpointError::Locked {
                 path: run_dir.to_path_buf(),
             }),
-            Err(fs::TryLockError::Error(e)) => {
-                Err(FsError::new("cannot lock", &path, e).into())
-            }
+            Err(fs::TryLockError::Error(e)) => Err(FsError::new("cannot lock", &path, e).into()),
         }
     }
 }
@@ -357,12 +355,11 @@ pub fn prune(run_dir: &Path, run_id: &str, keep: &[String]) -> Result<(), Checkp
 pub fn load_manifest(dir: &Path) -> Result<Manifest, CheckpointError> {
     let path = dir.join(MANIFEST_FILE);
     let bytes = fs::read(&path).map_err(|e| FsError::new("cannot read", &path, e))?;
-    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|source| {
-        CheckpointError::Manifest {
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Manifest {
             path: path.clone(),
             source,
-        }
-    })?;
+        })?;
     let bad = |message: String| CheckpointError::Inconsistent {
         path: path.clone(),
         message,
@@ -551,7 +548,14 @@ mod tests {
         assert_eq!(checkpoint_name(7), "epoch-0007");
         assert_eq!(parse_checkpoint_name("epoch-0007"), Some(7));
         assert_eq!(parse_checkpoint_name("epoch-12345"), Some(12345));
-        for bad in ["../../outside", "epoch-7", "epoch-00a1", "/etc", "epoch-0001/..", ""] {
+        for bad in [
+            "../../outside",
+            "epoch-7",
+            "epoch-00a1",
+            "/etc",
+            "epoch-0001/..",
+            "",
+        ] {
             assert_eq!(parse_checkpoint_name(bad), None, "{bad}");
         }
     }
@@ -564,7 +568,10 @@ mod tests {
         let e = read_pointer(&dir, LATEST).unwrap_err().to_string();
         assert!(e.contains("expected a checkpoint name"), "{e}");
         fs::write(dir.join(LATEST), "epoch-0003\n").unwrap();
-        assert_eq!(read_pointer(&dir, LATEST).unwrap().as_deref(), Some("epoch-0003"));
+        assert_eq!(
+            read_pointer(&dir, LATEST).unwrap().as_deref(),
+            Some("epoch-0003")
+        );
         let e = pointed_dir(&dir, LATEST).unwrap_err().to_string();
         assert!(e.contains("not in"), "{e}");
         let lock = RunLock::acquire(&dir).unwrap();

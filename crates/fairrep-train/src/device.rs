@@ -147,6 +147,12 @@ mod tests {
         for c in DeviceChoice::ALL {
             assert_eq!(c.name().parse::<DeviceChoice>(), Ok(c));
         }
-        assert!("cuda".parse::<DeviceChoice>().unwrap_err().to_string().contains("`cuda`"));
+        assert!(
+            "cuda"
+                .parse::<DeviceChoice>()
+                .unwrap_err()
+                .to_string()
+                .contains("`cuda`")
+        );
     }
 }

@@ -105,9 +105,9 @@ pub enum EvalError {
     Subsample {
         /// The split.
         split: String,
-        /// Why.
+        /// Why (boxed: the data error is large, the evaluation error stays small).
         #[source]
-        source: DataError,
+        source: Box<DataError>,
     },
     /// The penalty cannot be computed.
     #[error("{split} split: the penalty: {source}")]
@@ -214,7 +214,7 @@ pub fn evaluate(
             let idx = stratified_subsample(&split.groups, n_groups, penalty.eval_max_points, seed)
                 .map_err(|source| EvalError::Subsample {
                     split: split_name.into(),
-                    source,
+                    source: Box::new(source),
                 })?;
             let sub = split.gather(&idx);
             let z = model.encode(rows_tensor(&sub, 0..sub.len(), device));
@@ -242,4 +242,3 @@ pub fn evaluate(
         penalty,
     })
 }
-

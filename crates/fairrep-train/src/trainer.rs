@@ -331,7 +331,8 @@ impl Session {
                 fsutil::write_atomic(&dir.join(CONFIG_FILE), cfg.file.to_toml().as_bytes())?;
                 let run_id = format!(
                     "{}-{}",
-                    dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                    dir.file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
                     std::process::id()
                 );
                 Session {
@@ -426,9 +427,7 @@ impl Session {
         };
         for (b, idx) in batches.iter().enumerate() {
             let index = crate::eval::index_tensor(idx, &ad);
-            let out = self
-                .model
-                .forward(x_train.clone().select(0, index.clone()));
+            let out = self.model.forward(x_train.clone().select(0, index.clone()));
             let mut task_loss: Option<Tensor<1>> = None;
             for (t, logits) in out.logits.into_iter().enumerate() {
                 let targets = y_train[t].clone().select(0, index.clone());
@@ -445,15 +444,15 @@ impl Session {
             let mut loss = task_loss.expect("at least one task") / n_tasks as f64;
             if let Some(divergence) = &train_divergence {
                 let groups: Vec<u32> = idx.iter().map(|&i| self.dataset.train.groups[i]).collect();
-                let penalty = fairness_penalty(
-                    out.latent,
-                    &groups,
-                    self.dataset.n_groups(),
-                    divergence,
-                )
-                .map_err(|e: LossError| {
-                    diverged(b + 1, format!("the penalty failed: {e}"), self.last_checkpoint())
-                })?;
+                let penalty =
+                    fairness_penalty(out.latent, &groups, self.dataset.n_groups(), divergence)
+                        .map_err(|e: LossError| {
+                            diverged(
+                                b + 1,
+                                format!("the penalty failed: {e}"),
+                                self.last_checkpoint(),
+                            )
+                        })?;
                 diagnostics.all_converged &= penalty.converged;
                 diagnostics.batches_not_converged += usize::from(!penalty.converged);
                 diagnostics.max_n_iters = diagnostics.max_n_iters.max(penalty.n_iters);
@@ -482,26 +481,29 @@ impl Session {
         }
         let mean = |acc: Option<Tensor<1>>| acc.map_or(f64::NAN, scalar) / n_batches as f64;
         let task_means: Vec<f64> = task_sums.into_iter().map(mean).collect();
-        if let Some(divergence) = &train_divergence
+        if let Some(fairrep_loss::Divergence::Sinkhorn(s)) = &train_divergence
             && !diagnostics.all_converged
         {
-            if let fairrep_loss::Divergence::Sinkhorn(s) = divergence {
-                warn!(
-                    "epoch {number}: the Sinkhorn penalty did not converge in {} of {n_batches} \
-                     batches (largest marginal error {:.2e} > tolerance {:.0e} after {} \
-                     iterations); raise penalty.sinkhorn.max_iters or eps",
-                    diagnostics.batches_not_converged,
-                    diagnostics.max_marginal_error,
-                    s.tolerance,
-                    diagnostics.max_n_iters
-                );
-            }
+            warn!(
+                "epoch {number}: the Sinkhorn penalty did not converge in {} of {n_batches} \
+                 batches (largest marginal error {:.2e} > tolerance {:.0e} after {} \
+                 iterations); raise penalty.sinkhorn.max_iters or eps",
+                diagnostics.batches_not_converged,
+                diagnostics.max_marginal_error,
+                s.tolerance,
+                diagnostics.max_n_iters
+            );
         }
         Ok(TrainLosses {
             loss: loss_sum / n_batches as f64,
             task_loss: task_means.iter().sum::<f64>() / n_tasks as f64,
             penalty: penalty_sum.map(|p| scalar(p) / n_batches as f64),
-            tasks: self.dataset.task_names().into_iter().zip(task_means).collect(),
+            tasks: self
+                .dataset
+                .task_names()
+                .into_iter()
+                .zip(task_means)
+                .collect(),
             penalty_diagnostics: train_divergence.map(|_| diagnostics),
         })
     }
@@ -538,8 +540,7 @@ impl Session {
             seconds,
         };
         append_metrics(&self.run_dir, &record)?;
-        let per_epoch =
-            session_start.elapsed().as_secs_f64() / (number - self.start_epoch) as f64;
+        let per_epoch = session_start.elapsed().as_secs_f64() / (number - self.start_epoch) as f64;
         info!(
             "{}",
             epoch_line(&record, epochs, per_epoch * (epochs - number) as f64)
@@ -557,7 +558,7 @@ impl Session {
         }
         let every = self.cfg.file.run.checkpoint_every;
         let stop = self.cfg.file.run.stop_after_epoch == Some(number);
-        if is_best || stop || number == epochs || (every > 0 && number % every == 0) {
+        if is_best || stop || number == epochs || (every > 0 && number.is_multiple_of(every)) {
             let manifest = self.manifest(number);
             let name =
                 checkpoint::save(&self.run_dir, &manifest, &self.model, &self.optim, is_best)?;
@@ -617,7 +618,10 @@ impl Session {
             run_dir: self.run_dir.clone(),
         };
         let json = serde_json::to_string_pretty(&summary).expect("the summary serialises");
-        fsutil::write_atomic(&self.run_dir.join(SUMMARY_FILE), format!("{json}\n").as_bytes())?;
+        fsutil::write_atomic(
+            &self.run_dir.join(SUMMARY_FILE),
+            format!("{json}\n").as_bytes(),
+        )?;
         info!(
             "done: best epoch {} of {}; summary in {}",
             best.epoch,
@@ -807,7 +811,6 @@ fn json_difference(
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -3,8 +3,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use fairrep_data::fs as fsutil;
 pub(crate) use fairrep_audit::report_path;
+use fairrep_data::fs as fsutil;
 
 use crate::cli::{Cli, Command};
 
@@ -36,4 +36,3 @@ pub(crate) fn write_report<T: serde::Serialize>(path: &Path, report: &T) -> anyh
     eprintln!("report: {}", path.display());
     Ok(())
 }
-

@@ -269,4 +269,3 @@ pub(crate) fn mmd2_on_host<F: HostFloat>(
     });
     with_gradients(value_t, [(x, grad_x), (y, grad_y)])
 }
-

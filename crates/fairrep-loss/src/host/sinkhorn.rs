@@ -222,4 +222,3 @@ pub(crate) fn divergence<F: HostFloat>(
         converged: solved.converged,
     })
 }
-

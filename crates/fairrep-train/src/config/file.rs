@@ -173,7 +173,10 @@ impl Default for PenaltySection {
 
 /// `penalty.mmd.bandwidths`: a list of numbers or `"median"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged, expecting = "a list of positive numbers (e.g. [0.5, 1.0]) or \"median\"")]
+#[serde(
+    untagged,
+    expecting = "a list of positive numbers (e.g. [0.5, 1.0]) or \"median\""
+)]
 pub enum BandwidthSpec {
     /// Fixed bandwidths.
     List(Vec<f64>),
@@ -403,4 +406,3 @@ impl ConfigFile {
             .collect()
     }
 }
-

@@ -14,9 +14,9 @@ pub mod file;
 pub mod read;
 
 pub use file::{
-    BandwidthSpec, ConfigFile, DataSection, EstimatorName, HeadSection, MmdSection,
-    ModelSection, OptimKind, OptimSection, PenaltyKind, PenaltySection, RESUMABLE_KEYS,
-    RunSection, SYNTHETIC, ScheduleKind, SinkhornSection,
+    BandwidthSpec, ConfigFile, DataSection, EstimatorName, HeadSection, MmdSection, ModelSection,
+    OptimKind, OptimSection, PenaltyKind, PenaltySection, RESUMABLE_KEYS, RunSection, SYNTHETIC,
+    ScheduleKind, SinkhornSection,
 };
 pub use read::{apply_overrides, config_from_str, parse_config, read_config, read_config_file};
 
@@ -396,7 +396,10 @@ impl ModelSection {
                 )),
             _ => Ok(kind),
         };
-        let default_head = check_hidden("model.head_hidden", self.head.with_hidden(&self.head_hidden))?;
+        let default_head = check_hidden(
+            "model.head_hidden",
+            self.head.with_hidden(&self.head_hidden),
+        )?;
         let mut heads = BTreeMap::new();
         for (task, h) in &self.heads {
             let kind = h.kind.unwrap_or(self.head);
@@ -490,8 +493,7 @@ impl PenaltySection {
                 if eps.is_none() {
                     return Err(invalid.at(
                         "penalty.sinkhorn",
-                        "set exactly one of `blur` and `eps` (eps = blur^2), found neither"
-                            .into(),
+                        "set exactly one of `blur` and `eps` (eps = blur^2), found neither".into(),
                     ));
                 }
                 Some(Divergence::Sinkhorn(sinkhorn))
@@ -672,8 +674,7 @@ fn inert_keys(file: &ConfigFile) -> Vec<String> {
     );
     let m = &file.model;
     let any_mlp = m.head == fairrep_model::HeadName::Mlp
-        || m
-            .heads
+        || m.heads
             .values()
             .any(|h| h.kind == Some(fairrep_model::HeadName::Mlp));
     inert(
@@ -737,7 +738,10 @@ mod tests {
     fn wrong_type_has_location_and_key() {
         let err = parse("[optim]\nepochs = \"ten\"\n", &[]).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("line 2") && msg.contains("key `optim.epochs`"), "{msg}");
+        assert!(
+            msg.contains("line 2") && msg.contains("key `optim.epochs`"),
+            "{msg}"
+        );
         let err = parse("[penalty.mmd]\nbandwidths = 0.5\n", &[]).unwrap_err();
         let msg = err.to_string();
         assert!(
@@ -750,8 +754,11 @@ mod tests {
     #[test]
     fn run_names_stay_inside_the_output_folder() {
         for bad in ["../up", "/abs", "a/b", "..", ".hidden", ""] {
-            let file = parse("", &[&format!("run.name={}", toml::Value::String(bad.into()))])
-                .unwrap();
+            let file = parse(
+                "",
+                &[&format!("run.name={}", toml::Value::String(bad.into()))],
+            )
+            .unwrap();
             let e = TrainConfig::from_file(file, Path::new("x.toml"))
                 .unwrap_err()
                 .to_string();
@@ -771,11 +778,15 @@ mod tests {
             "penalty.sinkhorn.check_every=0",
         ] {
             let file = parse(base, &[set]).unwrap();
-            let e = TrainConfig::from_file(file, Path::new("x")).unwrap_err().to_string();
+            let e = TrainConfig::from_file(file, Path::new("x"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("penalty.sinkhorn"), "{set}: {e}");
         }
         let file = parse("[data]\ntasks = [\"a\", \"a\"]\n", &[]).unwrap();
-        let e = TrainConfig::from_file(file, Path::new("x")).unwrap_err().to_string();
+        let e = TrainConfig::from_file(file, Path::new("x"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listed twice"), "{e}");
     }
 
@@ -788,15 +799,27 @@ mod tests {
         .unwrap();
         let cfg = TrainConfig::from_file(file, Path::new("x")).unwrap();
         assert_eq!(cfg.inert.len(), 2, "{:?}", cfg.inert);
-        assert!(cfg.inert[0].starts_with("penalty.sinkhorn"), "{:?}", cfg.inert);
+        assert!(
+            cfg.inert[0].starts_with("penalty.sinkhorn"),
+            "{:?}",
+            cfg.inert
+        );
         assert!(cfg.inert[1].starts_with("optim.min_lr"), "{:?}", cfg.inert);
-        let file = parse("[data.split]\ntrain = 0.5\nvalid = 0.25\ntest = 0.25\n", &[]).unwrap();
-        let e = TrainConfig::from_file(file, Path::new("x")).unwrap_err().to_string();
+        let file = parse(
+            "[data.split]\ntrain = 0.5\nvalid = 0.25\ntest = 0.25\n",
+            &[],
+        )
+        .unwrap();
+        let e = TrainConfig::from_file(file, Path::new("x"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("data.split") && e.contains("synthetic"), "{e}");
-        assert!(TrainConfig::from_file(ConfigFile::default(), Path::new("x"))
-            .unwrap()
-            .inert
-            .is_empty());
+        assert!(
+            TrainConfig::from_file(ConfigFile::default(), Path::new("x"))
+                .unwrap()
+                .inert
+                .is_empty()
+        );
     }
 
     #[test]
@@ -809,7 +832,10 @@ mod tests {
             .model_config(4, &tasks, Path::new("x.toml"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("model.heads.nope") && e.contains("task0, task1"), "{e}");
+        assert!(
+            e.contains("model.heads.nope") && e.contains("task0, task1"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -830,7 +856,10 @@ mod tests {
             BandwidthSpec::List(vec![0.5, 1.0])
         );
         assert_eq!(file.run.name.as_deref(), Some("hello"));
-        assert_eq!(file.model.heads["income"].kind, Some(fairrep_model::HeadName::Mlp));
+        assert_eq!(
+            file.model.heads["income"].kind,
+            Some(fairrep_model::HeadName::Mlp)
+        );
     }
 
     #[test]
