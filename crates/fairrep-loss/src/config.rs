@@ -56,8 +56,8 @@ pub enum LossError {
     Memory {
         /// `Sinkhorn` or `MMD`.
         divergence: &'static str,
-        /// The path chosen by [`crate::route`].
-        path: crate::route::Path,
+        /// The path the routing module chose.
+        path: Path,
         /// Rows of the first cloud.
         n: usize,
         /// Rows of the second cloud.
@@ -277,5 +277,26 @@ mod tests {
         assert!(mmd(vec![1e-30]).validate().is_err());
         assert!(mmd(vec![f64::INFINITY]).validate().is_err());
         assert_eq!(Bytes(3 << 30).to_string(), "3.0 GiB");
+    }
+}
+
+/// An implementation of the divergences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Loops in host memory on the CPU devices.
+    Host,
+    /// The fused CubeCL kernels on wgpu.
+    Fused,
+    /// burn tensor operations.
+    TensorOps,
+}
+
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Path::Host => "host",
+            Path::Fused => "fused",
+            Path::TensorOps => "tensor-op",
+        })
     }
 }

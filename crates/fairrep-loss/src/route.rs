@@ -28,28 +28,9 @@ use burn::tensor::{DType, Device};
 
 use crate::config::{Bytes, LossError};
 
+pub use crate::config::Path;
+
 pub use crate::fused::MAX_FUSED_DIM;
-
-/// An implementation of the divergences.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Path {
-    /// Loops in host memory on the CPU devices.
-    Host,
-    /// The fused CubeCL kernels on wgpu.
-    Fused,
-    /// burn tensor operations.
-    TensorOps,
-}
-
-impl std::fmt::Display for Path {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Path::Host => "host",
-            Path::Fused => "fused",
-            Path::TensorOps => "tensor-op",
-        })
-    }
-}
 
 /// Which divergence is being routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -104,7 +104,7 @@ pub(crate) trait SoftminOp {
 
 /// What the solver loop needs from the vectors it runs on: the four softmins and a few
 /// elementwise updates. Tensors (any device) through [`SoftminOp`]; host vectors on the CPU
-/// devices ([`crate::host`]).
+/// devices (the `host` module).
 pub(crate) trait SolverOps {
     type Vector: Clone;
     /// Called whenever the loop moves to a new eps (before the softmins at that eps).

@@ -1,6 +1,6 @@
 //! The divergences on burn tensor operations, on any device: the reference the host and fused
 //! paths are tested against, and the path of the GPU devices below the fused kernels'
-//! threshold (`crate::route`). Autodiff runs through the MMD's kernel matrices; the Sinkhorn
+//! threshold (the routing module, `route.rs`). Autodiff runs through the MMD's kernel matrices; the Sinkhorn
 //! loop runs on detached tensors and its last step is differentiated
 //! (`crate::solver::final_value`).
 use burn::tensor::Tensor;

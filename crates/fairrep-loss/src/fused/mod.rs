@@ -10,7 +10,7 @@
 //! - [`fused_softmin`], [`fused_kernel_sum`]: the two ops on [`Tensor`]s.
 //! - [`sinkhorn_divergence_fused`], [`mmd2_fused`]: the divergences computed through them, equal
 //!   to [`crate::sinkhorn_divergence`] and [`crate::mmd2`] up to float rounding.
-//! - When the divergences take this path is decided in `crate::route` (wgpu, float32, large
+//! - When the divergences take this path is decided in the routing module, `route.rs` (wgpu, float32, large
 //!   enough).
 mod backend;
 mod kernels;
@@ -41,7 +41,7 @@ pub struct SoftminOutput {
     pub displacement: Tensor<2>,
 }
 
-/// The softmin of [`crate::sinkhorn::softmin`] with the cost `C = |x - y|^2 / 2` computed in the
+/// The Sinkhorn module's `softmin`, with the cost `C = |x - y|^2 / 2` computed in the
 /// kernel, and the barycentres of the row-softmax plan.
 ///
 /// `y` and `h` must carry no gradient (detach them): under autodiff only `x` is differentiated.
