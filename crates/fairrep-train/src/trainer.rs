@@ -288,7 +288,9 @@ impl Session {
         let model_cfg =
             cfg.model
                 .model_config(dataset.n_features(), &dataset.task_names(), &cfg.source)?;
-        check_model_memory(&model_cfg, cfg.data.batch_size, &cfg.source)?;
+        // A batch never holds more than the training split.
+        let batch_rows = cfg.data.batch_size.min(dataset.train.len().max(1));
+        check_model_memory(&model_cfg, batch_rows, &cfg.source)?;
         ad.seed(seed);
         let mut model = model_cfg.init(&ad);
         let mut optim = build_optimizer(&cfg.optim);
@@ -666,9 +668,15 @@ fn check_model_memory(
         return Ok(());
     };
     if bytes > u128::from(available) {
+        // The parameters alone too large: the model's sizes are at fault; otherwise the batch.
+        let key = if 16 * params > u128::from(available) {
+            "model"
+        } else {
+            "data.batch_size"
+        };
         return Err(TrainError::Config(ConfigError::Invalid {
             path: source.to_path_buf(),
-            key: "model".into(),
+            key: key.into(),
             message: format!(
                 "{params} parameters and a batch of {batch_size} need about {} but {} is \
                  available; use smaller model widths or batches",
