@@ -86,22 +86,7 @@ pub fn sinkhorn_divergence(
         }
         (Path::Host, _) => host::sinkhorn::divergence::<f32>((&x, &y), problem, config),
         (Path::Fused, _) => fused::divergence((&x, &y), problem, config),
-        (Path::TensorOps, _) => {
-            let solved = tensor_ops::solve(&problem, config)?;
-            let value = final_value(
-                &tensor_ops::TensorOpsFinal,
-                config.eps,
-                (&x, &y),
-                (&problem.a, &problem.b),
-                solved.potentials,
-            );
-            Ok(SinkhornOutput {
-                value,
-                n_iters: solved.n_iters,
-                marginal_error: solved.marginal_error,
-                converged: solved.converged,
-            })
-        }
+        (Path::TensorOps, _) => tensor_ops_divergence((&x, &y), &problem, config),
     }
 }
 
@@ -115,11 +100,20 @@ pub fn sinkhorn_divergence_tensor_ops(
     config: &SinkhornConfig,
 ) -> Result<SinkhornOutput, LossError> {
     let (problem, _) = prepare(&x, &y, a, b, config)?;
-    let solved = tensor_ops::solve(&problem, config)?;
+    tensor_ops_divergence((&x, &y), &problem, config)
+}
+
+/// The divergence of a prepared problem on the tensor-op path.
+fn tensor_ops_divergence(
+    (x, y): (&Tensor<2>, &Tensor<2>),
+    problem: &Problem,
+    config: &SinkhornConfig,
+) -> Result<SinkhornOutput, LossError> {
+    let solved = tensor_ops::solve(problem, config)?;
     let value = final_value(
         &tensor_ops::TensorOpsFinal,
         config.eps,
-        (&x, &y),
+        (x, y),
         (&problem.a, &problem.b),
         solved.potentials,
     );
