@@ -512,6 +512,12 @@ fn resume_refuses_a_different_config_or_data() {
     let mut m: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
     m["schema"]["groups"][0] = Value::String("renamed".into());
     std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    // The digest written beside the manifest catches the edit ...
+    let out = fairrep(&dir, &["train", "--resume", run]);
+    assert_fails_with(&out, &["manifest.json", "was changed after it was written"]);
+    // ... and without it (a checkpoint from before the digest existed) the saved schema is
+    // compared with the data's.
+    std::fs::remove_file(manifest.with_file_name("manifest.sha256")).unwrap();
     let out = fairrep(&dir, &["train", "--resume", run]);
     assert_fails_with(&out, &["cannot resume", "data does not match", "renamed"]);
 
@@ -592,6 +598,40 @@ fn invalid_values_are_rejected_with_their_key() {
         &["train", config, "--set", "penalty.mmd.bandwidths=\"mean\""],
     );
     assert_fails_with(&out, &["penalty.mmd.bandwidths", "median"]);
+    // A temperature beyond float32's range is refused before training, naming the key.
+    let out = fairrep(
+        &dir,
+        &[
+            "train",
+            config,
+            "--set",
+            "penalty.kind=sinkhorn",
+            "--set",
+            "penalty.sinkhorn.blur=1e30",
+        ],
+    );
+    assert_fails_with(&out, &["penalty.sinkhorn.blur", "float32", "1e60"]);
+    // Sizes too large for memory name the key that makes them so.
+    let out = fairrep(
+        &dir,
+        &["train", config, "--set", "model.latent=1000000000000"],
+    );
+    assert_fails_with(&out, &["model.latent", "1000000000000", "memory"]);
+    let out = fairrep(
+        &dir,
+        &[
+            "train",
+            config,
+            "--set",
+            "data.synthetic.n_features=1000000000000",
+        ],
+    );
+    assert_fails_with(&out, &["n_features", "1000000000000", "memory"]);
+    let out = fairrep(
+        &dir,
+        &["train", config, "--set", "data.held_out_tasks=[\"task9\"]"],
+    );
+    assert_fails_with(&out, &["data.held_out_tasks", "task9"]);
 }
 
 /// A tiny CSV dataset with a spec: 60 rows, two groups, one binary task.
@@ -728,6 +768,24 @@ fn bad_data_is_reported_with_its_location() {
     let config = tiny_dataset(&dir, |_, row| row, r#", { name = "X", values = ["X"] }"#);
     let out = run(&config);
     assert_fails_with(&out, &["tiny", "group `X` has no rows"]);
+
+    // A file with only its header, and filters that keep no row: the file is named.
+    let config = tiny_dataset(&dir, |_, row| row, "");
+    let text = std::fs::read_to_string(dir.join("tiny.csv")).unwrap();
+    let header = text.lines().next().unwrap().to_string();
+    std::fs::write(dir.join("tiny.csv"), format!("{header}\n")).unwrap();
+    assert_fails_with(&run(&config), &["tiny.csv", "no data rows"]);
+    std::fs::write(dir.join("tiny.csv"), &text).unwrap();
+    let spec = std::fs::read_to_string(dir.join("tiny-spec.toml")).unwrap();
+    std::fs::write(
+        dir.join("tiny-spec.toml"),
+        format!("{spec}\n[[filters]]\ncolumn = \"age\"\nop = \">\"\nvalue = 1e9\n"),
+    )
+    .unwrap();
+    assert_fails_with(
+        &run(&config),
+        &["tiny-spec.toml", "keep none of the", "tiny.csv"],
+    );
 
     // No data directory at all.
     let out = fairrep(&dir, &["train", config.to_str().unwrap()]);
@@ -964,6 +1022,15 @@ fn divergence_command_rejects_bad_files() {
     assert_fails_with(
         &run(good, good, &["--a", short.to_str().unwrap()]),
         &["short.csv", "2 weights", "3 points"],
+    );
+    // Solver settings out of range name the flag.
+    assert_fails_with(
+        &run(good, good, &["--max-iters", "0"]),
+        &["--max-iters", "at least 1"],
+    );
+    assert_fails_with(
+        &run(good, good, &["--check-every", "0"]),
+        &["--check-every", "at least 1"],
     );
 }
 

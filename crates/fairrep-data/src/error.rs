@@ -111,6 +111,14 @@ pub enum DataError {
         /// Size of every group in that split, for context.
         sizes: String,
     },
+    /// No data row to use: a file with only a header, or filters that remove every row.
+    #[error("`{}`: {reason}", file.display())]
+    NoRows {
+        /// The data file, or the spec whose filters removed every row.
+        file: PathBuf,
+        /// What was found.
+        reason: String,
+    },
     /// A task name asked for is not in the spec.
     #[error("dataset `{dataset}` has no task `{task}`; tasks available: [{}]", available.join(", "))]
     UnknownTask {

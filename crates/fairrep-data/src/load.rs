@@ -582,6 +582,14 @@ impl Tables {
         if let Some(t) = &spec.files.test {
             tables.push(read(t)?);
         }
+        if let Some(t) = tables.iter().find(|t| t.n_rows() == 0) {
+            return Err(DataError::NoRows {
+                file: t.path.clone(),
+                reason: "no data rows (only a header); expected at least one row per \
+                         sensitive group"
+                    .into(),
+            });
+        }
         let partition = match (spec.split.kind, &spec.split.partition_file) {
             (SplitKind::Partition, Some(pf)) => {
                 let col = spec.split.column.as_deref().unwrap_or_default();
@@ -816,6 +824,22 @@ fn keep_rows(
     }
     if other_used {
         group_names.push(sens.other_name.clone().unwrap_or_else(|| "other".into()));
+    }
+    if kept.is_empty() {
+        let read: usize = tables.iter().map(Table::n_rows).sum();
+        return Err(DataError::NoRows {
+            file: spec.source.clone(),
+            reason: format!(
+                "the filters of dataset `{}` keep none of the {read} rows read from {} \
+                 (or every row's sensitive value is dropped)",
+                spec.name,
+                tables
+                    .iter()
+                    .map(|t| format!("`{}`", t.path.display()))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        });
     }
     let rows = KeptRows { kept, group_names };
     if rows.group_names.len() < 2 {

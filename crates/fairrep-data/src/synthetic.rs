@@ -107,13 +107,31 @@ impl SyntheticConfig {
             .try_fold(0usize, |acc, &n| acc.checked_add(n))
             .and_then(|rows| rows.checked_mul(self.n_features + self.n_tasks));
         if cells.is_none_or(|c| c > Self::MAX_CELLS) {
+            // Name the size that makes the table too large: the largest of the five.
+            let (key, value) = [
+                ("n_train", self.n_train),
+                ("n_valid", self.n_valid),
+                ("n_test", self.n_test),
+                ("n_features", self.n_features),
+                ("n_tasks", self.n_tasks),
+            ]
+            .into_iter()
+            .max_by_key(|&(_, v)| v)
+            .unwrap_or(("n_train", self.n_train));
             return bad(
-                "n_train / n_valid / n_test / n_features / n_tasks",
+                key,
                 &format!(
-                    "at most {} generated values (rows x (features + tasks))",
+                    "at most {} generated values in all (rows x (features + tasks), 4 GiB of \
+                     float32 memory)",
                     Self::MAX_CELLS
                 ),
-                cells.map_or_else(|| "more than the address space".into(), |c| c.to_string()),
+                format!(
+                    "{value}, which makes {}",
+                    cells.map_or_else(
+                        || "more values than the address space holds".into(),
+                        |c| format!("{c} values")
+                    )
+                ),
             );
         }
         if self.n_features < 2 {

@@ -2,7 +2,7 @@
 //! on the same data, in the same invocation, at equal accuracy.
 //!
 //! ```text
-//! cargo run --release -p fairrep-train --example bench_divergences -- \
+//! cargo run --release --example bench_divergences -- \
 //!     [--device flex|ndarray|wgpu] [--sizes 256,1024,4096] [--dims 16,64] [--eps 0.1] \
 //!     [--tolerance 1e-3] [--repeats 3] [--pot-max-n 1024] [--slow-max-n 1024] \
 //!     [--python .venv-fixtures/bin/python]

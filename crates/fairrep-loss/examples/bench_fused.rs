@@ -2,7 +2,7 @@
 //! the same wgpu device, in the same invocation.
 //!
 //! ```text
-//! cargo run --release -p fairrep-train --example bench_fused -- \
+//! cargo run --release --example bench_fused -- \
 //!     [--sizes 1024,4096,16384,65536] [--dims 8,32] [--max-tensor-n 4096] [--repeats 3] \
 //!     [--memory-n 50000] [--memory-d 8] [--memory-tensor]
 //!     [--peers [--peer-libs keops,tensorized] [--python python3]]

@@ -207,7 +207,7 @@ impl MmdConfig {
             if let Some(s) = list.iter().find(|s| !BANDWIDTH_RANGE.contains(*s)) {
                 return Err(invalid(
                     "bandwidths",
-                    "positive numbers in [1e-15, 1e15]",
+                    "positive numbers in the supported range [1e-15, 1e15]",
                     s,
                 ));
             }

@@ -4,7 +4,7 @@
 use burn::tensor::Tensor;
 use fairrep_metrics::median::{MedianError, median_pairwise_distance};
 
-use crate::config::{Bandwidth, LossError, MmdConfig};
+use crate::config::{BANDWIDTH_RANGE, Bandwidth, LossError, MmdConfig};
 
 /// The bandwidths `config` asks for: the fixed list, or the median heuristic of the pooled
 /// clouds ([`median_heuristic`]).
@@ -15,7 +15,20 @@ pub(crate) fn resolve_bandwidths(
 ) -> Result<Vec<f64>, LossError> {
     Ok(match &config.bandwidth {
         Bandwidth::Fixed(s) => s.clone(),
-        Bandwidth::Median => vec![median_heuristic(x, y)?],
+        Bandwidth::Median => {
+            let median = median_heuristic(x, y)?;
+            if !BANDWIDTH_RANGE.contains(&median) {
+                return Err(LossError::InvalidConfig {
+                    key: "bandwidth (median heuristic)",
+                    expected: "a median pairwise distance in the supported range [1e-15, 1e15]; \
+                               the points are too large or too close together: rescale them, \
+                               or give bandwidths explicitly"
+                        .into(),
+                    found: format!("{median:e}"),
+                });
+            }
+            vec![median]
+        }
     })
 }
 

@@ -163,13 +163,44 @@ pub fn estimated_bytes(kind: Kind, path: Path, [n, m, d]: [usize; 3], elem_bytes
     u64::try_from(elems * elem_bytes as u128).unwrap_or(u64::MAX)
 }
 
-/// The memory available to this process for new allocations: `MemAvailable` of
-/// `/proc/meminfo` (Linux); `None` where it cannot be read.
+/// The memory available to this process for new allocations (Linux): `MemAvailable` of
+/// `/proc/meminfo`, lowered to the room left under the process's address-space and data-size
+/// limits (`ulimit -v`, `ulimit -d`: the soft limits of `/proc/self/limits` less the current
+/// `VmSize` / `VmData` of `/proc/self/status`); `None` where none of them can be read.
 pub fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let physical = meminfo
+        .as_deref()
+        .and_then(|text| status_kib(text, "MemAvailable:"))
+        .map(|kib| kib.saturating_mul(1024));
+    let limits = std::fs::read_to_string("/proc/self/limits").ok();
+    let status = std::fs::read_to_string("/proc/self/status").ok();
+    let room = |limit: &str, used: &str| -> Option<u64> {
+        let limit = soft_limit(limits.as_deref()?, limit)?;
+        let used = status_kib(status.as_deref()?, used)?.saturating_mul(1024);
+        Some(limit.saturating_sub(used))
+    };
+    [
+        physical,
+        room("Max address space", "VmSize:"),
+        room("Max data size", "VmData:"),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+}
+
+/// The value in kiB of a `Key:   1234 kB` line of a `/proc` file.
+fn status_kib(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// The soft limit in bytes of a line of `/proc/self/limits` (`Max address space  4294967296
+/// unlimited  bytes`); `None` when it is unlimited or absent.
+fn soft_limit(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    line[name.len()..].split_whitespace().next()?.parse().ok()
 }
 
 /// Refuses a host or tensor-op path on a CPU device whose estimated peak memory
@@ -228,6 +259,20 @@ mod tests {
             );
         }
         assert!(!is_wgpu(&flex) && is_cpu(&flex) && fused_min_pairs(&flex).is_none());
+    }
+
+    #[test]
+    fn proc_limits_are_parsed() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max data size             unlimited            unlimited            bytes\n\
+                      Max address space         4294967296           unlimited            bytes\n";
+        assert_eq!(soft_limit(limits, "Max address space"), Some(4_294_967_296));
+        assert_eq!(soft_limit(limits, "Max data size"), None);
+        assert_eq!(soft_limit(limits, "Max stack size"), None);
+        let status = "Name:\tfairrep\nVmSize:\t  123456 kB\nVmData:\t 42 kB\n";
+        assert_eq!(status_kib(status, "VmSize:"), Some(123_456));
+        assert_eq!(status_kib(status, "VmData:"), Some(42));
+        assert_eq!(status_kib(status, "VmRSS:"), None);
     }
 
     #[test]

@@ -2,14 +2,14 @@
 //! manifest ([`Manifest`]).
 //!
 //! ```text
-//! RUN_DIR/checkpoints/epoch-0007/{model.bpk, optimizer.bpk, manifest.json}
+//! RUN_DIR/checkpoints/epoch-0007/{model.bpk, optimizer.bpk, manifest.json, manifest.sha256}
 //! RUN_DIR/latest      "epoch-0007"   (the most recent checkpoint; --resume starts there)
 //! RUN_DIR/best        "epoch-0005"   (the best on validation so far)
 //! RUN_DIR/.lock       held (advisory lock) while a process trains in the run directory
 //! ```
 //!
-//! Writing ([`save`]): the three files go into a fresh temporary directory (each fsynced; the
-//! manifest carries the SHA-256 of both records), which is renamed into place; then `latest`
+//! Writing ([`save`]): the four files go into a fresh temporary directory (each fsynced; the
+//! manifest carries the SHA-256 of both records, `manifest.sha256` the manifest's own), which is renamed into place; then `latest`
 //! moves to it, then `best` when it is the new best (each pointer written atomically); old
 //! checkpoints are pruned last. A failed write removes its temporary directory. A crash at any
 //! step leaves the previous checkpoint and pointers valid, and the new checkpoint's manifest
@@ -46,6 +46,9 @@ pub const MODEL_FILE: &str = "model.bpk";
 pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
 /// The manifest.
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// The SHA-256 of the manifest as written, beside it (absent in checkpoints written before it
+/// existed, which are read without the check).
+pub const MANIFEST_DIGEST_FILE: &str = "manifest.sha256";
 /// The lock file.
 pub const LOCK_FILE: &str = ".lock";
 
@@ -90,6 +93,20 @@ pub enum CheckpointError {
         /// The record file.
         path: PathBuf,
         /// The manifest's digest.
+        expected: String,
+        /// The file's digest.
+        found: String,
+    },
+    /// A manifest differs from the digest written beside it.
+    #[error(
+        "`{}` was changed after it was written: its SHA-256 is {found}, `{MANIFEST_DIGEST_FILE}` \
+         beside it records {expected}; restore the file or start a new run",
+        path.display()
+    )]
+    ManifestEdited {
+        /// The manifest.
+        path: PathBuf,
+        /// The recorded digest.
         expected: String,
         /// The file's digest.
         found: String,
@@ -288,6 +305,11 @@ pub fn save(
         write_file(&tmp, MODEL_FILE, &encoded.model)?;
         write_file(&tmp, OPTIMIZER_FILE, &encoded.optimizer)?;
         write_file(&tmp, MANIFEST_FILE, &encoded.manifest)?;
+        write_file(
+            &tmp,
+            MANIFEST_DIGEST_FILE,
+            sha256(&encoded.manifest).as_bytes(),
+        )?;
         fsutil::sync_dir(&tmp)?;
         Ok(())
     })();
@@ -355,6 +377,21 @@ pub fn prune(run_dir: &Path, run_id: &str, keep: &[String]) -> Result<(), Checkp
 pub fn load_manifest(dir: &Path) -> Result<Manifest, CheckpointError> {
     let path = dir.join(MANIFEST_FILE);
     let bytes = fs::read(&path).map_err(|e| FsError::new("cannot read", &path, e))?;
+    let digest_path = dir.join(MANIFEST_DIGEST_FILE);
+    match fs::read_to_string(&digest_path) {
+        Ok(expected) => {
+            let (expected, found) = (expected.trim().to_string(), sha256(&bytes));
+            if expected != found {
+                return Err(CheckpointError::ManifestEdited {
+                    path,
+                    expected,
+                    found,
+                });
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(FsError::new("cannot read", &digest_path, e).into()),
+    }
     let manifest: Manifest =
         serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Manifest {
             path: path.clone(),

@@ -34,11 +34,13 @@ pub enum LoadError {
     },
     /// A task name that is not the dataset's.
     #[error(
-        "dataset `{dataset}`: data.tasks names `{task}`, which is not a task of it (tasks: {available})"
+        "dataset `{dataset}`: {key} names `{task}`, which is not a task of it (tasks: {available})"
     )]
     UnknownTask {
         /// The dataset.
         dataset: String,
+        /// The config key naming the task (`data.tasks`, `data.held_out_tasks`).
+        key: &'static str,
         /// The name.
         task: String,
         /// The dataset's tasks.
@@ -90,6 +92,7 @@ fn select_tasks(mut dataset: Dataset, tasks: &[String]) -> Result<Dataset, LoadE
         let Some(i) = names.iter().position(|n| n == task) else {
             return Err(LoadError::UnknownTask {
                 dataset: dataset.name.clone(),
+                key: "data.tasks",
                 task: task.clone(),
                 available: names.join(", "),
             });
@@ -111,6 +114,7 @@ fn training_tasks(
         if !available.contains(task) {
             return Err(LoadError::UnknownTask {
                 dataset: dataset.into(),
+                key: "data.held_out_tasks",
                 task: task.clone(),
                 available: available.join(", "),
             });

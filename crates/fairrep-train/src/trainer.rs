@@ -108,6 +108,22 @@ pub enum TrainError {
         /// ` (epoch N)`, or nothing before the first checkpoint.
         last: String,
     },
+    /// An epoch's validation loss or penalty is not finite.
+    #[error(
+        "training diverged at epoch {epoch}: the validation {what} is {value}; the run directory \
+         keeps its last checkpoint{last}; try a lower optim.lr or penalty.lambda, or check the \
+         penalty's settings (penalty.sinkhorn.eps / blur, penalty.mmd.bandwidths)"
+    )]
+    ValidationNotFinite {
+        /// 1-based epoch.
+        epoch: usize,
+        /// `task loss` or `penalty`.
+        what: &'static str,
+        /// The value found.
+        value: f64,
+        /// ` (epoch N)`, or nothing before the first checkpoint.
+        last: String,
+    },
     /// The run ended without any epoch to evaluate.
     #[error("run `{}` has no epoch to evaluate", run_dir.display())]
     NoEpoch {
@@ -531,6 +547,18 @@ impl Session {
             EVAL_SEED,
         )?;
         let objective = valid.objective(self.cfg.penalty.lambda);
+        let penalty = valid.penalty.as_ref().map_or(0.0, |p| p.value);
+        if let Some((what, value)) = [("task loss", valid.task_loss), ("penalty", penalty)]
+            .into_iter()
+            .find(|(_, v)| !v.is_finite())
+        {
+            return Err(TrainError::ValidationNotFinite {
+                epoch: number,
+                what,
+                value,
+                last: self.last_checkpoint(),
+            });
+        }
         let seconds = started.elapsed().as_secs_f64();
         self.train_seconds += seconds;
         let record = EpochRecord {
@@ -668,18 +696,42 @@ fn check_model_memory(
         return Ok(());
     };
     if bytes > u128::from(available) {
-        // The parameters alone too large: the model's sizes are at fault; otherwise the batch.
-        let key = if 16 * params > u128::from(available) {
-            "model"
+        // The parameters alone too large: the model's widest size is at fault; otherwise the
+        // batch.
+        let (key, detail) = if 16 * params > u128::from(available) {
+            let encoder = cfg.encoder_widths.iter().copied().max().unwrap_or(0);
+            let head = cfg
+                .heads
+                .iter()
+                .filter_map(|h| match &h.kind {
+                    fairrep_model::HeadKind::Mlp { hidden } => hidden.iter().copied().max(),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0);
+            let (key, width) = if cfg.latent >= encoder && cfg.latent >= head {
+                ("model.latent", cfg.latent)
+            } else if encoder >= head {
+                ("model.encoder_widths", encoder)
+            } else {
+                ("model.head_hidden", head)
+            };
+            (
+                key,
+                format!("a width of {width} gives {params} parameters, which"),
+            )
         } else {
-            "data.batch_size"
+            (
+                "data.batch_size",
+                format!("{params} parameters and a batch of {batch_size}"),
+            )
         };
         return Err(TrainError::Config(ConfigError::Invalid {
             path: source.to_path_buf(),
             key: key.into(),
             message: format!(
-                "{params} parameters and a batch of {batch_size} need about {} but {} is \
-                 available; use smaller model widths or batches",
+                "{detail} need about {} of memory but {} is available; use smaller model \
+                 widths or batches",
                 fairrep_loss::config::Bytes(u64::try_from(bytes).unwrap_or(u64::MAX)),
                 fairrep_loss::config::Bytes(available)
             ),

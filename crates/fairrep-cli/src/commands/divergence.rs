@@ -7,7 +7,8 @@ use anyhow::{Context, bail, ensure};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use fairrep_data::matrix::{Matrix, read_matrix};
 use fairrep_loss::{
-    Bandwidth, MmdConfig, MmdEstimator, SinkhornConfig, mmd2_with_bandwidths, sinkhorn_divergence,
+    Bandwidth, LossError, MmdConfig, MmdEstimator, SinkhornConfig, mmd2_with_bandwidths,
+    sinkhorn_divergence,
 };
 use fairrep_train::device::select_device;
 use serde_json::json;
@@ -162,7 +163,26 @@ pub(crate) fn run(args: &DivergenceArgs) -> anyhow::Result<()> {
                 max_iters: args.max_iters.unwrap_or(10_000),
                 check_every: args.check_every.unwrap_or(10),
             };
-            config.validate().context("invalid Sinkhorn settings")?;
+            match config.validate() {
+                Ok(()) => {}
+                Err(LossError::InvalidConfig {
+                    key,
+                    expected,
+                    found,
+                }) => {
+                    let flag = match key {
+                        "eps" if args.blur.is_some() => "--blur (eps = blur^2)",
+                        "eps" => "--eps",
+                        "scaling" => "--scaling",
+                        "tolerance" => "--tolerance",
+                        "max_iters" => "--max-iters",
+                        "check_every" => "--check-every",
+                        other => other,
+                    };
+                    bail!("{flag}: expected {expected}, found {found}");
+                }
+                Err(other) => return Err(other).context("invalid Sinkhorn settings"),
+            }
             let s = sinkhorn_divergence(xt.clone(), yt, a, b, &config)?;
             if !s.converged {
                 tracing::warn!(

@@ -20,6 +20,9 @@ pub use file::{
 };
 pub use read::{apply_overrides, config_from_str, parse_config, read_config, read_config_file};
 
+/// The largest Sinkhorn temperature a training penalty accepts (float32 computation).
+const MAX_TRAIN_EPS: f64 = 1e30;
+
 /// An error in a configuration file or an override.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -476,6 +479,23 @@ impl PenaltySection {
                 ));
             }
         };
+        // Training computes the penalty in float32: a temperature near its range (3.4e38)
+        // overflows in the solver's sums and gives an infinite penalty.
+        if let Some(e) = eps.filter(|&e| e > MAX_TRAIN_EPS) {
+            let key = if s.blur.is_some() {
+                "penalty.sinkhorn.blur"
+            } else {
+                "penalty.sinkhorn.eps"
+            };
+            return Err(invalid.at(
+                key,
+                format!(
+                    "eps = blur^2 must be at most {MAX_TRAIN_EPS:e} (blur at most 1e15): the \
+                     penalty is computed in float32, whose range ends near 3.4e38; found eps = \
+                     {e:e}"
+                ),
+            ));
+        }
         let sinkhorn = SinkhornConfig {
             eps: eps.unwrap_or(1.0),
             scaling: s.scaling,
