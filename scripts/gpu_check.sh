@@ -86,7 +86,7 @@ for name in $CONFIGS; do
         extra=(--set data.batch_size=4096)
     fi
     for device in wgpu flex; do
-        run_out="$OUT/runs/$name-$device"
+        run_out="$OUT/runs/${name}_$device"
         rm -rf "$run_out"
         step "train_${name}_$device" "$BIN" -q train "$config" --device "$device" \
             --set "optim.epochs=$EPOCHS" "${extra[@]}" --out "$run_out" --seed 0
@@ -125,7 +125,9 @@ for line in (out / "steps.tsv").read_text().splitlines():
     report["steps"][name] = entry
 bench = out / "bench_fused.log"
 if bench.exists():
-    report["bench_fused"] = [l for l in bench.read_text().splitlines() if "|" in l or "ratio" in l]
+    lines = bench.read_text().splitlines()
+    start = next((i for i, l in enumerate(lines) if l.lstrip().startswith("op ")), 0)
+    report["bench_fused"] = [l for l in lines[start:] if l.strip() and "Compiling" not in l]
 (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
 print(json.dumps({k: v["exit"] for k, v in report["steps"].items()}, indent=1))
 EOF
