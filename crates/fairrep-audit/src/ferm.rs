@@ -13,7 +13,7 @@
 //! A run directory per seed, `OUT/NAME-sSEED-TIMESTAMP/`, holds `config.toml` (the resolved
 //! config), `ferm.json` ([`FermReport`]) and, when a linear FERM estimator ran,
 //! `representation.json` ([`FermRepresentation`]: the projection with the data schema and
-//! preprocessing), which [`crate::representation`] opens like an encoder's run.
+//! preprocessing), which the `representation` module opens like an encoder's run.
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -449,15 +449,15 @@ pub enum FermCmdError {
         groups: Vec<String>,
     },
     /// A FERM computation failed.
-    #[error("{what} (groups: 0 = {}, 1 = {}): {source}", groups[0], groups[1])]
+    #[error("{what} (groups: {groups}): {source}")]
     Ferm {
         /// What was being done.
         what: String,
-        /// The two group names.
-        groups: [String; 2],
+        /// The group ids and names, `0 = NAME, 1 = NAME`.
+        groups: String,
         /// Why.
         #[source]
-        source: FermError,
+        source: Box<FermError>,
     },
     /// A file cannot be written.
     #[error(transparent)]
@@ -551,7 +551,7 @@ pub struct FermOutcome {
 }
 
 /// A split as a FERM sample (features in f64).
-fn sample_of(split: &Split, what: &str, groups: &[String; 2]) -> Result<Sample, FermCmdError> {
+fn sample_of(split: &Split, what: &str, groups: &str) -> Result<Sample, FermCmdError> {
     let x: Vec<f64> = split.x.values.iter().map(|&v| f64::from(v)).collect();
     Sample::new(
         &x,
@@ -562,8 +562,8 @@ fn sample_of(split: &Split, what: &str, groups: &[String; 2]) -> Result<Sample, 
     )
     .map_err(|source| FermCmdError::Ferm {
         what: format!("the {what} rows"),
-        groups: groups.clone(),
-        source,
+        groups: groups.to_string(),
+        source: Box::new(source),
     })
 }
 
@@ -643,8 +643,8 @@ fn run_seed(
             task: task.name.clone(),
         });
     }
-    let groups: [String; 2] = match ds.schema.groups.as_slice() {
-        [a, b] => [a.clone(), b.clone()],
+    let groups: String = match ds.schema.groups.as_slice() {
+        [a, b] => format!("0 = {a}, 1 = {b}"),
         other => {
             return Err(FermCmdError::Groups {
                 dataset: ds.name.clone(),
@@ -661,7 +661,7 @@ fn run_seed(
         move |source| FermCmdError::Ferm {
             what,
             groups,
-            source,
+            source: Box::new(source),
         }
     };
     let mut results = Vec::new();
@@ -771,7 +771,7 @@ fn run_seed(
         seed,
         dataset: ds.name.clone(),
         task: task.name.clone(),
-        groups: groups.to_vec(),
+        groups: ds.schema.groups.clone(),
         split: scored,
         train_rows: train.rows(),
         scored_rows: test.rows(),

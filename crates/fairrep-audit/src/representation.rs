@@ -94,14 +94,14 @@ pub enum Representation {
     /// The encoder of a trained run (best checkpoint).
     Deep(Box<TrainedRun>),
     /// The projection of a `fairrep ferm` run.
-    Ferm(FermRun),
+    Ferm(Box<FermRun>),
 }
 
 impl Representation {
     /// Opens `run_dir`: a FERM run when it holds `representation.json`, else a trained run.
     pub fn open(run_dir: &Path, device: &Device) -> Result<Self, TrainedError> {
         if run_dir.join(REPRESENTATION_FILE).is_file() {
-            return Ok(Representation::Ferm(FermRun::open(run_dir)?));
+            return Ok(Representation::Ferm(Box::new(FermRun::open(run_dir)?)));
         }
         Ok(Representation::Deep(Box::new(TrainedRun::open(
             run_dir, device,

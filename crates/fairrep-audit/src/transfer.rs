@@ -1,7 +1,7 @@
 //! `fairrep transfer`: fresh heads for novel tasks on frozen representations.
 //!
 //! A representation is a trained encoder or the linear FERM projection of a `fairrep ferm`
-//! run ([`crate::representation`]); either can be given with `--from` or as a comparison.
+//! run (the `representation` module); either can be given with `--from` or as a comparison.
 //! For every run given with `--from` (one per seed), the representation is frozen, the
 //! transfer tasks are loaded with the encoder's own input columns, groups and preprocessing
 //! (a dataset whose inputs do not match is refused), and one head per architecture and task is
