@@ -907,6 +907,54 @@ mod tests {
     }
 
     #[test]
+    fn defaults_overrides_and_ranges() {
+        let dir = std::env::temp_dir().join(format!("fairrep-ferm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f.toml");
+        std::fs::write(&path, "[data]\ntask = \"task0\"\n").unwrap();
+        let cfg = FermConfig::load(&path, &[]).unwrap();
+        assert_eq!(cfg.models.compare, vec![Comparison::Linear]);
+        assert_eq!(cfg.grid.c, vec![0.01, 0.1, 1.0]);
+        assert_eq!(cfg.selection.ratio, 0.9);
+        assert_eq!(cfg.run.split, SplitName::Test);
+        // The split seed follows the run's seed unless set.
+        assert_eq!(cfg.data.data_config(7, &path).unwrap().split_seed, 7);
+        let cfg = FermConfig::load(&path, &["data.split_seed=3".into()]).unwrap();
+        assert_eq!(cfg.data.data_config(7, &path).unwrap().split_seed, 3);
+        // A kernel grid is only checked when a kernel comparison runs.
+        assert!(FermConfig::load(&path, &["grid.kernel_c=[]".into()]).is_ok());
+        for (set, needle) in [
+            ("models.compare=[\"rbf\"]", ""),
+            ("grid.c=[-1.0]", "grid.c"),
+            ("selection.folds=1", "selection.folds"),
+            ("selection.ratio=0.0", "selection.ratio"),
+            ("sample.kernel=1.5", "sample.kernel"),
+            ("sample.kernel_max_rows=1", "sample.kernel_max_rows"),
+            ("run.seeds=[]", "run.seeds"),
+            ("run.seeds=[1, 1]", "listed twice"),
+            ("run.split=\"train\"", "run.split"),
+            ("run.name=\"a/b\"", "run.name"),
+            ("data.task=\"\"", "data.task"),
+        ] {
+            let r = FermConfig::load(&path, &[set.into()]);
+            if needle.is_empty() {
+                assert!(r.is_ok(), "{set}: {r:?}");
+            } else {
+                let e = r.unwrap_err().to_string();
+                assert!(e.contains(needle), "{set}: {e}");
+            }
+        }
+        let e = FermConfig::load(
+            &path,
+            &["models.compare=[\"rbf\"]".into(), "grid.gamma=[]".into()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("grid.gamma") && e.contains("empty"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn training_rows_are_train_and_valid_when_scoring_test() {
         let ds = fairrep_data::synthetic(
             &SyntheticConfig {

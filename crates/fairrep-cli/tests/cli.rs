@@ -1707,6 +1707,32 @@ fn ferm_representation_goes_through_transfer_and_export() {
             .unwrap()
             .ends_with("representation.json")
     );
+    // A damaged representation file is refused with its path and what is wrong.
+    let broken = dir.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    let text = std::fs::read_to_string(ferm.join("representation.json")).unwrap();
+    let mut rep: Value = serde_json::from_str(&text).unwrap();
+    rep["projection"]["pivot"] = serde_json::json!(99);
+    write(&broken.join("representation.json"), &rep.to_string());
+    let out = fairrep(
+        &dir,
+        &[
+            "export",
+            "--from",
+            broken.to_str().unwrap(),
+            "--out",
+            dir.join("b.npy").to_str().unwrap(),
+        ],
+    );
+    assert_fails_with(
+        &out,
+        &["broken/representation.json", "pivot 99", "features"],
+    );
+    write(&broken.join("representation.json"), "{\"projection\": 1}");
+    assert_fails_with(
+        &transfer_cmd(&dir, &broken, &tconfig, &[]),
+        &["broken/representation.json", "invalid type"],
+    );
     // eval audits trained encoders only: a FERM run is named as such.
     assert_fails_with(
         &fairrep(
