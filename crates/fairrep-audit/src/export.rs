@@ -1,4 +1,5 @@
-//! `fairrep export`: a run's representation of one split as `.npy` files for other tools.
+//! `fairrep export`: a run's representation of one split as `.npy` files for other tools: a
+//! trained encoder's `z`, or a FERM run's projected features.
 //!
 //! `--out DIR/z.npy` writes
 //! - `DIR/z.npy`: `z`, float32 `[n, k]`;
@@ -15,7 +16,8 @@ use fairrep_data::fs::{self as fsutil, FsError};
 use fairrep_data::matrix::npy_bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::trained::{TrainedError, TrainedRun};
+use crate::representation::Representation;
+use crate::trained::TrainedError;
 
 /// Why an export failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +41,11 @@ pub enum ExportError {
 pub struct ExportSidecar {
     /// The run directory.
     pub run: PathBuf,
-    /// The checkpoint the encoder comes from.
+    /// What the representation comes from: the encoder's checkpoint directory, or a FERM
+    /// run's `representation.json`.
     pub checkpoint: PathBuf,
+    /// The kind of representation (`"mmd λ=5"`, `"linear FERM"`).
+    pub representation: String,
     /// The dataset.
     pub dataset: String,
     /// The split exported.
@@ -89,7 +94,7 @@ pub fn export(
             path: out.to_path_buf(),
         });
     }
-    let run = TrainedRun::open(run_dir, device)?;
+    let run = Representation::open(run_dir, device)?;
     let ds = run.own_data(data_dir)?;
     let rows = ds.split(split);
     let z = run.encode(rows, split.name(), device)?;
@@ -117,8 +122,9 @@ pub fn export(
     }
     fsutil::write_atomic(&labels_path, &npy_bytes("<f4", &[n, n_tasks], &labels))?;
     let sidecar = ExportSidecar {
-        run: run.run_dir.clone(),
-        checkpoint: run.checkpoint.clone(),
+        run: run.run_dir().to_path_buf(),
+        checkpoint: run.source().to_path_buf(),
+        representation: run.describe(),
         dataset: ds.name.clone(),
         split,
         rows: z.rows,

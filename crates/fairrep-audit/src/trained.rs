@@ -64,6 +64,24 @@ pub enum TrainedError {
         /// The data's features.
         found: usize,
     },
+    /// A `fairrep ferm` run where a trained encoder is needed.
+    #[error(
+        "`{}` is a `fairrep ferm` run, not a trained encoder: its test metrics are in its \
+         ferm.json; `fairrep transfer` and `fairrep export` accept it",
+        path.display()
+    )]
+    FermRun {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A FERM run's representation file cannot be used.
+    #[error("`{}`: {message}", file.display())]
+    FermFile {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The encoder outputs non-finite values.
     #[error("run `{}`: the encoder outputs non-finite values on the {split} split", run.display())]
     NonFinite {
@@ -110,8 +128,18 @@ impl TrainedRun {
             Some(dir) => dir,
             None => checkpoint::pointed_dir(run_dir, LATEST)
                 .map_err(ck)?
-                .ok_or_else(|| TrainedError::NotARun {
-                    path: run_dir.to_path_buf(),
+                .ok_or_else(|| {
+                    if run_dir.join(crate::ferm::REPRESENTATION_FILE).is_file()
+                        || run_dir.join(crate::ferm::REPORT_FILE).is_file()
+                    {
+                        TrainedError::FermRun {
+                            path: run_dir.to_path_buf(),
+                        }
+                    } else {
+                        TrainedError::NotARun {
+                            path: run_dir.to_path_buf(),
+                        }
+                    }
                 })?,
         };
         let manifest = checkpoint::load_manifest(&dir).map_err(ck)?;

@@ -1,6 +1,8 @@
 //! `fairrep transfer`: fresh heads for novel tasks on frozen representations.
 //!
-//! For every encoder run given with `--from` (one per seed), the encoder is frozen, the
+//! A representation is a trained encoder or the linear FERM projection of a `fairrep ferm`
+//! run (the `representation` module); either can be given with `--from` or as a comparison.
+//! For every run given with `--from` (one per seed), the representation is frozen, the
 //! transfer tasks are loaded with the encoder's own input columns, groups and preprocessing
 //! (a dataset whose inputs do not match is refused), and one head per architecture and task is
 //! fitted on `z` (train split, selected on validation) and scored on the test split (or, to
@@ -50,8 +52,9 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::probe::{FitError, FitSettings, fit_head};
+use crate::representation::Representation;
 use crate::stats::{self, ScoreMetrics, StatsError};
-use crate::trained::{TrainedError, TrainedRun};
+use crate::trained::TrainedError;
 
 /// `[data]` of a transfer config.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -419,24 +422,13 @@ pub struct TransferReport {
     pub config: TransferConfig,
 }
 
-/// A short name of a run's representation: `"mmd λ=50"`, `"λ=0"`.
-fn describe(run: &TrainedRun) -> String {
-    let lambda = run.config.penalty.lambda;
-    match &run.config.penalty.divergence {
-        Some(d) if lambda > 0.0 => {
-            format!("{} λ={lambda}", d.name())
-        }
-        _ => "λ=0".to_string(),
-    }
-}
-
 /// The transfer data for `run`: its data config with the novel tasks, its encoding.
 fn transfer_data(
-    run: &TrainedRun,
+    run: &Representation,
     cfg: &TransferConfig,
     data_dir: Option<&Path>,
 ) -> Result<Dataset, TransferError> {
-    let mut data = run.config.data.clone();
+    let mut data = run.data_config().clone();
     data.tasks = Some(cfg.data.tasks.clone());
     data.held_out_tasks.clear();
     if let Some(name) = &cfg.data.dataset {
@@ -457,10 +449,10 @@ fn transfer_data(
     let dataset = load_dataset(
         &data,
         data_dir,
-        Encoding::Transfer(&run.manifest.schema, &run.manifest.preprocessing),
+        Encoding::Transfer(run.schema(), run.preprocessing()),
     )
     .map_err(|e| TransferError::Data {
-        run: run.run_dir.clone(),
+        run: run.run_dir().to_path_buf(),
         source: Box::new(e),
     })?;
     if let Some(t) = dataset
@@ -486,13 +478,13 @@ struct Represented {
 }
 
 fn encode_all(
-    run: &TrainedRun,
+    run: &Representation,
     ds: &Dataset,
     device: &Device,
 ) -> Result<Represented, TrainedError> {
     Ok(Represented {
-        name: describe(run),
-        run: Some(run.run_dir.clone()),
+        name: run.describe(),
+        run: Some(run.run_dir().to_path_buf()),
         train: run.encode(&ds.train, "train", device)?,
         valid: run.encode(&ds.valid, "valid", device)?,
         test: run.encode(&ds.test, "test", device)?,
@@ -562,12 +554,12 @@ pub fn transfer(
 
     for (i, enc_dir) in opts.encoders.iter().enumerate() {
         let seed = cfg.run.seed + i as u64;
-        let enc = TrainedRun::open(enc_dir, device)?;
+        let enc = Representation::open(enc_dir, device)?;
         let ds = transfer_data(&enc, cfg, opts.data_dir)?;
         match &first_schema {
-            None => first_schema = Some((enc_dir.clone(), enc.manifest.schema.clone())),
+            None => first_schema = Some((enc_dir.clone(), enc.schema().clone())),
             Some((first, schema)) => {
-                if schema.features != enc.manifest.schema.features {
+                if schema.features != enc.schema().features {
                     return Err(TransferError::Mismatch {
                         first: first.clone(),
                         other: enc_dir.clone(),
@@ -579,8 +571,7 @@ pub fn transfer(
         if report_meta.is_none() {
             report_meta = Some((ds.name.clone(), ds.task_names(), ds.schema.groups.clone()));
             let inputs: Vec<&str> = enc
-                .manifest
-                .schema
+                .schema()
                 .inputs
                 .iter()
                 .map(|c| c.column.as_str())
@@ -595,7 +586,7 @@ pub fn transfer(
                     );
                     leaking.push(t.name.clone());
                 }
-                if enc.manifest.schema.tasks.iter().any(|e| e.name == t.name) {
+                if enc.schema().tasks.iter().any(|e| e.name == t.name) {
                     warn!(
                         "task `{}` was a training task of the encoder: it is not novel",
                         t.name
@@ -611,9 +602,9 @@ pub fn transfer(
             } else {
                 &baselines[i]
             };
-            let base = TrainedRun::open(dir, device)?;
-            if base.manifest.schema.features != enc.manifest.schema.features
-                || base.manifest.schema.groups != enc.manifest.schema.groups
+            let base = Representation::open(dir, device)?;
+            if base.schema().features != enc.schema().features
+                || base.schema().groups != enc.schema().groups
             {
                 return Err(TransferError::Mismatch {
                     first: enc_dir.clone(),
@@ -622,6 +613,23 @@ pub fn transfer(
                 });
             }
             let base_ds = transfer_data(&base, cfg, opts.data_dir)?;
+            // Its heads are scored against the encoder's labels: the rows must be the same.
+            for name in [SplitName::Train, SplitName::Valid, SplitName::Test] {
+                let (a, b) = (ds.split(name), base_ds.split(name));
+                if a.len() != b.len() || a.groups != b.groups {
+                    return Err(TransferError::Mismatch {
+                        first: enc_dir.clone(),
+                        other: dir.clone(),
+                        what: format!(
+                            "their {} splits hold different rows ({} and {}): use the same \
+                             dataset, split and split seed",
+                            name.name(),
+                            a.len(),
+                            b.len()
+                        ),
+                    });
+                }
+            }
             let mut r = encode_all(&base, &base_ds, device)?;
             if r.name == reps[0].name {
                 r.name = format!("{} (baseline)", r.name);

@@ -37,6 +37,10 @@ pub(crate) enum Command {
     Eval(EvalArgs),
     /// Write a run's representation of a split (and groups, labels) as .npy files.
     Export(ExportArgs),
+    /// FERM (fair ERM, Donini et al. 2018) against the unconstrained SVM / logistic
+    /// regression with the authors' model selection; prints a table, writes a run directory
+    /// per seed (ferm.json, and the linear FERM representation for transfer and export).
+    Ferm(FermArgs),
 }
 
 /// `--device`.
@@ -182,13 +186,14 @@ pub(crate) struct DivergenceArgs {
 /// `fairrep transfer`.
 #[derive(Debug, Args)]
 pub(crate) struct TransferArgs {
-    /// Encoder run directories (one per seed; repeat the flag).
+    /// Representation runs (one per seed; repeat the flag): trained encoders or `fairrep
+    /// ferm` runs (their linear FERM projection).
     #[arg(long = "from", value_name = "RUN_DIR", required = true)]
     pub(crate) from: Vec<PathBuf>,
     /// The transfer config (TOML).
     pub(crate) config: PathBuf,
-    /// Comparison encoder runs (e.g. lambda = 0), paired with --from by position; replaces
-    /// compare.baseline.
+    /// Comparison runs (e.g. lambda = 0, or a `fairrep ferm` run), paired with --from by
+    /// position; replaces compare.baseline.
     #[arg(long, value_name = "RUN_DIR")]
     pub(crate) baseline: Vec<PathBuf>,
     /// Override a config key, e.g. --set fit.epochs=10 (repeatable).
@@ -250,7 +255,7 @@ pub(crate) struct EvalArgs {
 /// `fairrep export`.
 #[derive(Debug, Args)]
 pub(crate) struct ExportArgs {
-    /// The run directory.
+    /// The run directory: a trained encoder or a `fairrep ferm` run.
     #[arg(long = "from", value_name = "RUN_DIR")]
     pub(crate) from: PathBuf,
     /// The split to export.
@@ -265,4 +270,23 @@ pub(crate) struct ExportArgs {
     /// Compute device.
     #[arg(long, value_enum, default_value = "auto")]
     pub(crate) device: DeviceArg,
+}
+
+/// `fairrep ferm`.
+#[derive(Debug, Args)]
+pub(crate) struct FermArgs {
+    /// The FERM config (TOML).
+    pub(crate) config: PathBuf,
+    /// Override a config key, e.g. --set selection.ratio=0.98 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", allow_hyphen_values = true)]
+    pub(crate) set: Vec<String>,
+    /// Folder with the real datasets (else $FAIRREP_DATA_DIR).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Where to create the run directories (overrides run.out_dir).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: Option<PathBuf>,
+    /// One seed (overrides run.seeds).
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
 }

@@ -1399,3 +1399,413 @@ fn transfer_flags_a_task_whose_label_is_an_encoder_input() {
     assert_eq!(report["leaking_tasks"], serde_json::json!(["long_hours"]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("warning: the labels of long_hours"));
 }
+
+/// A FERM config on the tiny CSV dataset (its spec in `dir`), 3 folds, every comparison.
+fn tiny_ferm_config(dir: &Path, extra: &str) -> PathBuf {
+    let _ = tiny_dataset(dir, |_, row| row, "");
+    ferm_config_on(dir, &dir.join("tiny-spec.toml"), "y", extra)
+}
+
+fn ferm_config_on(dir: &Path, spec: &Path, task: &str, extra: &str) -> PathBuf {
+    write(
+        &dir.join("ferm.toml"),
+        &format!(
+            "[data]\ndataset = \"{}\"\ntask = \"{task}\"\n[models]\ncompare = [\"linear\", \
+             \"logistic\", \"rbf\", \"linear_kernel\"]\n[selection]\nfolds = 3\n[run]\nout_dir \
+             = \"out\"\n{extra}",
+            spec.display()
+        ),
+    )
+}
+
+fn ferm_cmd(dir: &Path, config: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "ferm",
+        config.to_str().unwrap(),
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    fairrep(dir, &args)
+}
+
+/// The float32 values of a `.npy` file written by `fairrep export`.
+fn npy_f32(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    bytes[10 + len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn npy_i64(path: &Path) -> Vec<i64> {
+    let bytes = std::fs::read(path).unwrap();
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    bytes[10 + len..]
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn ferm_runs_on_a_csv_dataset_and_writes_its_run_directory() {
+    let dir = scratch("ferm_csv");
+    let config = tiny_ferm_config(&dir, "seeds = [4, 5]\n");
+    let out = ferm_cmd(&dir, &config, &[]);
+    assert_ok(&out);
+    let table = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "FERM on tiny (task y, groups F / M), test split",
+        "2 seeds; mean ± 95% CI",
+        "linear SVM",
+        "linear FERM",
+        "logistic FERM",
+        "RBF SVM",
+        "kernel FERM (RBF)",
+        "kernel FERM (linear)",
+        "min DEO, acc >= 0.9·best",
+    ] {
+        assert!(table.contains(needle), "table lacks {needle:?}:\n{table}");
+    }
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(dir.join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    runs.sort();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let name = runs[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("ferm-s4-"), "{name}");
+    let summary = read_json(&dir.join("out").join("ferm-summary.json"));
+    assert_eq!(summary.as_array().unwrap().len(), 8, "{summary}");
+    assert_eq!(summary[0]["metrics"]["accuracy"]["n"].as_u64(), Some(2));
+    for (run, seed) in runs.iter().zip([4u64, 5]) {
+        let report = read_json(&run.join("ferm.json"));
+        assert_eq!(report["seed"].as_u64(), Some(seed));
+        assert_eq!(report["groups"], serde_json::json!(["F", "M"]));
+        let results = report["results"].as_array().unwrap();
+        assert_eq!(results.len(), 8);
+        for r in results {
+            let sel = &r["selection"];
+            let points = sel["points"].as_array().unwrap();
+            // The linear grids have 3 C values; RBF 3 C x 2 gamma.
+            let expected = if r["name"] == "RBF SVM" || r["name"] == "kernel FERM (RBF)" {
+                6
+            } else {
+                3
+            };
+            assert_eq!(points.len(), expected, "{}", r["name"]);
+            for p in points {
+                assert_eq!(p["fold_accuracy"].as_array().unwrap().len(), 3);
+            }
+            let chosen = sel["chosen"].as_u64().unwrap() as usize;
+            assert!(chosen < points.len());
+            // The rule: the baseline takes the best CV accuracy; FERM the smallest CV DEO
+            // among the points within 0.9 of it.
+            let acc = |p: &Value| p["mean_accuracy"].as_f64().unwrap();
+            let deo = |p: &Value| p["mean_deo"].as_f64().unwrap();
+            let best = points.iter().map(acc).fold(f64::MIN, f64::max);
+            if r["name"].as_str().unwrap().contains("FERM") {
+                assert!(acc(&points[chosen]) >= 0.9 * best);
+                for p in points.iter().filter(|p| acc(p) >= 0.9 * best) {
+                    assert!(deo(&points[chosen]) <= deo(p), "{}", r["name"]);
+                }
+            } else {
+                assert_eq!(acc(&points[chosen]), best, "{}", r["name"]);
+            }
+            let m = &r["metrics"];
+            for key in ["accuracy", "deo", "dp_gap", "eo_gap"] {
+                let v = m[key].as_f64().unwrap();
+                assert!((0.0..=1.0).contains(&v), "{key}: {v}");
+            }
+            assert!(r["fit_seconds"].as_f64().unwrap() >= 0.0);
+        }
+        let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+        assert!(config.contains(&format!("seeds = [{seed}]")), "{config}");
+        assert!(config.contains(&format!("split_seed = {seed}")), "{config}");
+        let rep = read_json(&run.join("representation.json"));
+        let d = rep["schema"]["features"].as_array().unwrap().len();
+        assert_eq!(rep["projection"]["u"].as_array().unwrap().len(), d);
+    }
+    // One seed from the command line, its run scored on validation.
+    let out = ferm_cmd(
+        &dir,
+        &config,
+        &["--seed", "9", "--set", "run.split=\"valid\"", "--out", "o2"],
+    );
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid split"));
+    let run = only_run_dir(&dir.join("o2"));
+    assert!(!dir.join("o2").join("ferm-summary.json").exists());
+    assert_eq!(read_json(&run.join("ferm.json"))["split"], "valid");
+}
+
+#[test]
+fn ferm_rejects_bad_input_naming_what_is_wrong() {
+    let dir = scratch("ferm_bad");
+    let config = tiny_ferm_config(&dir, "");
+    // An empty grid, C <= 0, gamma <= 0, a bad ratio: the key and the value.
+    assert_fails_with(
+        &ferm_cmd(&dir, &config, &["--set", "grid.c=[]"]),
+        &["grid.c", "the grid is empty", "ferm.toml"],
+    );
+    assert_fails_with(
+        &ferm_cmd(&dir, &config, &["--set", "grid.kernel_c=[1.0, -1.0]"]),
+        &["grid.kernel_c", "finite and > 0", "found -1"],
+    );
+    assert_fails_with(
+        &ferm_cmd(&dir, &config, &["--set", "grid.c=[0.0]"]),
+        &["grid.c", "found 0"],
+    );
+    assert_fails_with(
+        &ferm_cmd(&dir, &config, &["--set", "grid.gamma=[]"]),
+        &["grid.gamma", "the grid is empty"],
+    );
+    assert_fails_with(
+        &ferm_cmd(&dir, &config, &["--set", "selection.ratio=1.5"]),
+        &["selection.ratio", "(0, 1]", "1.5"],
+    );
+    assert_fails_with(
+        &ferm_cmd(&dir, &config, &["--set", "models.compare=[\"svm\"]"]),
+        &["models.compare", "svm"],
+    );
+    // Unknown keys, in the file and in --set.
+    let bad = ferm_config_on(
+        &dir,
+        &dir.join("tiny-spec.toml"),
+        "y",
+        "[grid]\ncc = [1.0]\n",
+    );
+    assert_fails_with(
+        &ferm_cmd(&dir, &bad, &[]),
+        &["unknown key `grid.cc`", "ferm.toml"],
+    );
+    let config = tiny_ferm_config(&dir, "");
+    assert_fails_with(
+        &ferm_cmd(&dir, &config, &["--set", "selection.fold=3"]),
+        &["--set `selection.fold`", "no such key"],
+    );
+    // A task that is not binary.
+    let spec = std::fs::read_to_string(dir.join("tiny-spec.toml")).unwrap()
+        + "\n[[tasks]]\nname = \"hours_reg\"\ncolumn = \"hours\"\nkind = \"regression\"\n";
+    let reg_spec = write(&dir.join("tiny-reg.toml"), &spec);
+    let reg = ferm_config_on(&dir, &reg_spec, "hours_reg", "");
+    assert_fails_with(
+        &ferm_cmd(&dir, &reg, &[]),
+        &["data.task `hours_reg` is a regression task", "binary"],
+    );
+    // A task the dataset does not have.
+    let none = ferm_config_on(&dir, &dir.join("tiny-spec.toml"), "z", "");
+    assert_fails_with(&ferm_cmd(&dir, &none, &[]), &["has no task `z`", "[y]"]);
+    // A group with no positive example: every M row labelled 0.
+    let _ = tiny_dataset(
+        &dir,
+        |i, row| {
+            if i % 2 == 1 {
+                format!("{}0", &row[..row.len() - 1])
+            } else {
+                row
+            }
+        },
+        "",
+    );
+    let config = ferm_config_on(&dir, &dir.join("tiny-spec.toml"), "y", "");
+    assert_fails_with(
+        &ferm_cmd(&dir, &config, &[]),
+        &[
+            "linear SVM on the training rows",
+            "1 = M",
+            "group 1 has no positive example",
+        ],
+    );
+    // Three groups.
+    let _ = tiny_dataset(
+        &dir,
+        |i, row| {
+            if i % 5 == 0 {
+                row.replace(",F,", ",X,")
+            } else {
+                row
+            }
+        },
+        ", { name = \"X\", values = [\"X\"] }",
+    );
+    let config = ferm_config_on(&dir, &dir.join("tiny-spec.toml"), "y", "");
+    assert_fails_with(
+        &ferm_cmd(&dir, &config, &[]),
+        &["exactly two groups, found 3", "data.sensitive"],
+    );
+}
+
+#[test]
+fn ferm_representation_goes_through_transfer_and_export() {
+    let dir = scratch("ferm_transfer");
+    // A deep encoder and a FERM run on the same synthetic data, task1 held out.
+    let deep = train_held_out(&dir, "deep", 5.0, &[]);
+    let config = write(
+        &dir.join("ferm.toml"),
+        "[data]\ndataset = \"synthetic\"\ntask = \"task0\"\nheld_out_tasks = [\"task1\"]\n\
+         split_seed = 0\n[data.synthetic]\nn_train = 600\nn_valid = 200\nn_test = 200\n\
+         n_features = 8\nn_tasks = 2\n[run]\nout_dir = \"ferm\"\n",
+    );
+    let out = fairrep(&dir, &["ferm", config.to_str().unwrap()]);
+    assert_ok(&out);
+    let ferm = only_run_dir(&dir.join("ferm"));
+    let report = read_json(&ferm.join("ferm.json"));
+    let (svm, fair) = (&report["results"][0], &report["results"][1]);
+    assert_eq!(svm["name"], "linear SVM");
+    assert_eq!(fair["name"], "linear FERM");
+    // The synthetic inputs shift with the group: the projection removes the gap the SVM has.
+    assert!(
+        fair["metrics"]["deo"].as_f64().unwrap() < svm["metrics"]["deo"].as_f64().unwrap(),
+        "{report}"
+    );
+
+    // Transfer: the deep encoder with the FERM representation as the comparison.
+    let tconfig = transfer_config(
+        &dir,
+        "[data]\ntasks = [\"task1\"]\n[fit]\nepochs = 3\n[bounds]\nmax_points = 200\n",
+    );
+    let out = transfer_cmd(
+        &dir,
+        &deep,
+        &tconfig,
+        &["--baseline", ferm.to_str().unwrap()],
+    );
+    assert_ok(&out);
+    let table = String::from_utf8_lossy(&out.stdout);
+    for needle in ["mmd λ=5", "linear FERM", "raw inputs"] {
+        assert!(table.contains(needle), "table lacks {needle:?}:\n{table}");
+    }
+    let t = read_json(&deep.join("transfer.json"));
+    let cells = t["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 6, "3 representations x 2 heads");
+    let ferm_cells: Vec<&Value> = cells
+        .iter()
+        .filter(|c| c["representation"] == "linear FERM")
+        .collect();
+    assert_eq!(ferm_cells.len(), 2);
+    for c in ferm_cells {
+        assert_eq!(c["runs"][0]["run"].as_str(), ferm.to_str());
+        let acc = c["runs"][0]["accuracy"].as_f64().unwrap();
+        assert!((0.5..=1.0).contains(&acc), "{c}");
+    }
+    // The FERM run alone as the representation.
+    let out = transfer_cmd(
+        &dir,
+        &ferm,
+        &tconfig,
+        &["--set", "heads.kinds=[\"linear\"]"],
+    );
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("linear FERM"));
+    assert!(ferm.join("transfer.json").is_file());
+    // A FERM run on another split seed holds other rows: refused, not mis-paired.
+    let other = write(
+        &dir.join("ferm2.toml"),
+        &std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("split_seed = 0", "split_seed = 1")
+            .replace("out_dir = \"ferm\"", "out_dir = \"ferm2\""),
+    );
+    assert_ok(&fairrep(&dir, &["ferm", other.to_str().unwrap()]));
+    let ferm2 = only_run_dir(&dir.join("ferm2"));
+    assert_fails_with(
+        &transfer_cmd(
+            &dir,
+            &deep,
+            &tconfig,
+            &["--baseline", ferm2.to_str().unwrap()],
+        ),
+        &["hold different rows", "split seed"],
+    );
+
+    // Export: z = P x has d - 1 columns; the rows, groups and labels are the deep encoder's.
+    let d = read_json(&ferm.join("representation.json"))["schema"]["features"]
+        .as_array()
+        .unwrap()
+        .len();
+    let export = |run: &Path, name: &str| {
+        let path = dir.join("export").join(format!("{name}.npy"));
+        let out = fairrep(
+            &dir,
+            &[
+                "export",
+                "--from",
+                run.to_str().unwrap(),
+                "--out",
+                path.to_str().unwrap(),
+                "--device",
+                "flex",
+            ],
+        );
+        assert_ok(&out);
+        path
+    };
+    let zf = export(&ferm, "ferm");
+    let zd = export(&deep, "deep");
+    let header = npy_header(&zf);
+    assert!(
+        header.contains("'<f4'") && header.contains(&format!("(200, {})", d - 1)),
+        "{header}"
+    );
+    let z = npy_f32(&zf);
+    assert_eq!(z.len(), 200 * (d - 1));
+    assert!(z.iter().all(|v| v.is_finite()));
+    let sibling = |p: &Path, suffix: &str| {
+        let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
+        p.with_file_name(format!("{stem}{suffix}"))
+    };
+    assert_eq!(
+        npy_i64(&sibling(&zf, "_s.npy")),
+        npy_i64(&sibling(&zd, "_s.npy"))
+    );
+    assert_eq!(
+        npy_f32(&sibling(&zf, "_labels.npy")),
+        npy_f32(&sibling(&zd, "_labels.npy"))
+    );
+    let sidecar = read_json(&sibling(&zf, ".json"));
+    assert_eq!(sidecar["representation"], "linear FERM");
+    assert_eq!(sidecar["latent"].as_u64(), Some(d as u64 - 1));
+    assert!(
+        sidecar["checkpoint"]
+            .as_str()
+            .unwrap()
+            .ends_with("representation.json")
+    );
+    // A damaged representation file is refused with its path and what is wrong.
+    let broken = dir.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    let text = std::fs::read_to_string(ferm.join("representation.json")).unwrap();
+    let mut rep: Value = serde_json::from_str(&text).unwrap();
+    rep["projection"]["pivot"] = serde_json::json!(99);
+    write(&broken.join("representation.json"), &rep.to_string());
+    let out = fairrep(
+        &dir,
+        &[
+            "export",
+            "--from",
+            broken.to_str().unwrap(),
+            "--out",
+            dir.join("b.npy").to_str().unwrap(),
+        ],
+    );
+    assert_fails_with(
+        &out,
+        &["broken/representation.json", "pivot 99", "features"],
+    );
+    write(&broken.join("representation.json"), "{\"projection\": 1}");
+    assert_fails_with(
+        &transfer_cmd(&dir, &broken, &tconfig, &[]),
+        &["broken/representation.json", "invalid type"],
+    );
+    // eval audits trained encoders only: a FERM run is named as such.
+    assert_fails_with(
+        &fairrep(
+            &dir,
+            &["eval", "--from", ferm.to_str().unwrap(), "--device", "flex"],
+        ),
+        &["is a `fairrep ferm` run", "ferm.json"],
+    );
+}

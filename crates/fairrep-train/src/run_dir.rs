@@ -38,13 +38,19 @@ pub fn create_run_dir(cfg: &TrainConfig) -> Result<PathBuf, FsError> {
             .file_stem()
             .map_or_else(|| "run".into(), |s| s.to_string_lossy().into_owned())
     });
-    let base = format!("{name}-s{}-{}", run.seed, timestamp(SystemTime::now()));
-    fsutil::create_dir_all(&run.out_dir)?;
+    create_named_run_dir(&run.out_dir, &name, run.seed)
+}
+
+/// Creates a fresh directory `OUT/NAME-sSEED-TIMESTAMP` (suffixed `-2`, `-3`, ... if it
+/// exists) with an exclusive create; `name` must be a plain name (the callers validate it).
+pub fn create_named_run_dir(out_dir: &Path, name: &str, seed: u64) -> Result<PathBuf, FsError> {
+    let base = format!("{name}-s{seed}-{}", timestamp(SystemTime::now()));
+    fsutil::create_dir_all(out_dir)?;
     for i in 1.. {
         let dir = if i == 1 {
-            run.out_dir.join(&base)
+            out_dir.join(&base)
         } else {
-            run.out_dir.join(format!("{base}-{i}"))
+            out_dir.join(format!("{base}-{i}"))
         };
         match std::fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),

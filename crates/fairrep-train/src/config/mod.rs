@@ -292,6 +292,13 @@ impl Invalid<'_> {
 }
 
 impl DataSection {
+    /// Validates `[data]` as read from `source` (named in errors), for the commands that load
+    /// data without training (`fairrep ferm`); a synthetic dataset gets every generator key
+    /// written out.
+    pub fn validated(&mut self, source: &Path) -> Result<DataConfig, ConfigError> {
+        self.validate(&Invalid(source))
+    }
+
     /// Validates `[data]`; a synthetic dataset gets every generator key written out, so the
     /// run directory's `config.toml` is explicit.
     fn validate(&mut self, invalid: &Invalid<'_>) -> Result<DataConfig, ConfigError> {
