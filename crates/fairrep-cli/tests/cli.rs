@@ -500,6 +500,13 @@ fn the_penalty_conditioned_on_positives_trains_and_reports_its_task() {
         let n = d["n_points"].as_u64().unwrap();
         assert!((2..200).contains(&n), "{split}: {n} points");
         assert!(s[split]["penalty"].as_f64().unwrap().is_finite());
+        // The equal-opportunity gap is reported next to the equalised-odds gap, never above it.
+        let task = &s[split]["tasks"]["task1"];
+        let (eopp, eo) = (
+            task["eopp_gap"].as_f64().unwrap(),
+            task["eo_gap"].as_f64().unwrap(),
+        );
+        assert!((0.0..=eo + 1e-12).contains(&eopp), "{split}: {task}");
     }
     // The resolved configuration keeps the keys.
     let run = PathBuf::from(s["run_dir"].as_str().unwrap());

@@ -32,6 +32,10 @@ pub struct TaskEval {
     /// Binary: equalised-odds gap (absent when a group lacks a class).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub eo_gap: Option<f64>,
+    /// Binary: equal-opportunity gap, the true-positive-rate gap (absent when a group has no
+    /// positive).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub eopp_gap: Option<f64>,
     /// Binary: AUC (absent when the split has one class only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub auc: Option<f64>,
@@ -220,6 +224,14 @@ pub fn evaluate(
                     ),
                     eo_gap: metrics::eo_gap(&scores, targets, &split.groups, n_groups, THRESHOLD)
                         .ok(),
+                    eopp_gap: metrics::equal_opportunity_gap(
+                        &scores,
+                        targets,
+                        &split.groups,
+                        n_groups,
+                        THRESHOLD,
+                    )
+                    .ok(),
                     auc: metrics::auc(&scores, targets).ok(),
                     ks: metrics::ks_distance(&scores, &split.groups, n_groups).ok(),
                 }
@@ -229,6 +241,7 @@ pub fn evaluate(
                 accuracy: None,
                 dp_gap: None,
                 eo_gap: None,
+                eopp_gap: None,
                 auc: None,
                 ks: metrics::ks_distance(out, &split.groups, n_groups).ok(),
             },

@@ -953,9 +953,9 @@ mod tests {
         }
         // A missing cell is skipped: the remaining cells are numbered densely.
         let mut one_sided = dataset.clone();
-        for i in 0..groups.len() {
-            if groups[i] == 1 {
-                one_sided.train.targets[0][i] = 0.0;
+        for (label, &g) in one_sided.train.targets[0].iter_mut().zip(groups) {
+            if g == 1 {
+                *label = 0.0;
             }
         }
         let strata = batch_strata(&one_sided, Some(0));
