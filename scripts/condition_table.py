@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Formats the summaries written by scripts/adult_condition.sh as a Markdown table.
 
-    python3 scripts/condition_table.py OUT SPLIT [TASK]
+    python3 scripts/condition_table.py OUT SPLIT [TASK [FAMILIES]]
 
 One row per run family (`TAG-lLAMBDA`), over the seeds found: `mean ± half-width` of the 95%
 Student-t interval (the `fairrep transfer` convention; a single seed shows its value), of the
 accuracy, DP gap, equal-opportunity gap (true-positive-rate gap) and equalised-odds gap of
 TASK (default `income`) on SPLIT (`valid`: the best epoch's validation metrics; `test`).
+FAMILIES (comma-separated `TAG-lLAMBDA`, e.g. `unset-l0,positive-l10`) keeps only those.
 """
 import glob
 import json
@@ -31,10 +32,11 @@ def interval(values):
 def main():
     out, split = sys.argv[1], sys.argv[2]
     task = sys.argv[3] if len(sys.argv) > 3 else "income"
+    only = set(sys.argv[4].split(",")) if len(sys.argv) > 4 else None
     families = {}
     for path in sorted(glob.glob(os.path.join(out, "*-s*.json"))):
         m = re.match(r"(.+)-l([0-9.]+)-s(\d+)\.json$", os.path.basename(path))
-        if not m:
+        if not m or (only is not None and f"{m.group(1)}-l{m.group(2)}" not in only):
             continue
         with open(path) as f:
             summary = json.load(f)
