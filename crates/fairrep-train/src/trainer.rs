@@ -11,7 +11,9 @@
 //! ```
 //!
 //! (`loss_t` = BCE-with-logits for binary tasks, MSE for regression tasks; the penalty is
-//! skipped when `penalty.kind = "none"` or `lambda = 0`). The learning rate is a function of
+//! skipped when `penalty.kind = "none"` or `lambda = 0`; with `penalty.condition = "positive"`
+//! it is computed on the batch's rows whose label of `penalty.task` is 1, and the batches are
+//! stratified by group and that label). The learning rate is a function of
 //! the epoch only. Everything that changes between epochs is in the checkpoint, so a resumed
 //! run replays the remaining epochs exactly. A step whose loss is not finite stops the run with
 //! an error naming the epoch and step; the last checkpoint is left as it was.
