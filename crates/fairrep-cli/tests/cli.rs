@@ -473,6 +473,92 @@ fn the_penalty_makes_the_representation_fairer() {
 }
 
 #[test]
+fn the_penalty_conditioned_on_positives_trains_and_reports_its_task() {
+    let dir = scratch("condition");
+    let config = small_config(&dir, "mmd", 2);
+    let config = config.to_str().unwrap();
+    let out = fairrep(
+        &dir,
+        &[
+            "train",
+            config,
+            "--device",
+            "flex",
+            "--set",
+            "penalty.condition=positive",
+            "--set",
+            "penalty.task=task1",
+        ],
+    );
+    assert_ok(&out);
+    let s = summary(&out);
+    assert_eq!(s["penalty_task"], "task1", "{s}");
+    for split in ["valid", "test"] {
+        let d = &s[split]["penalty_diagnostics"];
+        assert_eq!(d["condition_task"], "task1", "{split}: {d}");
+        // Measured on the positives only: fewer points than the split's 200 rows.
+        let n = d["n_points"].as_u64().unwrap();
+        assert!((2..200).contains(&n), "{split}: {n} points");
+        assert!(s[split]["penalty"].as_f64().unwrap().is_finite());
+        // The equal-opportunity gap is reported next to the equalised-odds gap, never above it.
+        let task = &s[split]["tasks"]["task1"];
+        let (eopp, eo) = (
+            task["eopp_gap"].as_f64().unwrap(),
+            task["eo_gap"].as_f64().unwrap(),
+        );
+        assert!((0.0..=eo + 1e-12).contains(&eopp), "{split}: {task}");
+    }
+    // The resolved configuration keeps the keys.
+    let run = PathBuf::from(s["run_dir"].as_str().unwrap());
+    let saved = std::fs::read_to_string(dir.join(&run).join("config.toml")).unwrap();
+    assert!(
+        saved.contains("condition = \"positive\"") && saved.contains("task = \"task1\""),
+        "{saved}"
+    );
+    // The same run unconditioned measures the penalty on every row.
+    let out = fairrep(&dir, &["train", config, "--device", "flex"]);
+    assert_ok(&out);
+    let s = summary(&out);
+    assert!(s.get("penalty_task").is_none(), "{s}");
+    assert_eq!(s["test"]["penalty_diagnostics"]["n_points"], 200);
+    assert!(
+        s["test"]["penalty_diagnostics"]
+            .get("condition_task")
+            .is_none()
+    );
+
+    // Bad combinations are refused with their key.
+    for (sets, needles) in [
+        (
+            vec!["penalty.condition=positive"],
+            vec!["penalty.condition", "penalty.task"],
+        ),
+        (
+            vec!["penalty.condition=positive", "penalty.task=nope"],
+            vec!["penalty.task", "`nope` is not a task", "task0, task1"],
+        ),
+        (
+            vec!["penalty.condition=sometimes"],
+            vec!["penalty.condition", "positive"],
+        ),
+        (
+            vec![
+                "penalty.condition=positive",
+                "penalty.task=task0",
+                "data.batch_size=3",
+            ],
+            vec!["data.batch_size", "stratified by group and label"],
+        ),
+    ] {
+        let mut args = vec!["train", config, "--device", "flex"];
+        for set in &sets {
+            args.extend(["--set", set]);
+        }
+        assert_fails_with(&fairrep(&dir, &args), &needles);
+    }
+}
+
+#[test]
 fn resume_refuses_a_different_config_or_data() {
     let dir = scratch("resume_mismatch");
     let config = small_config(&dir, "none", 3);

@@ -10,7 +10,7 @@ use fairrep_metrics::fairness::{self as metrics, MetricError};
 use fairrep_model::FairModel;
 use serde::{Deserialize, Serialize};
 
-use crate::config::PenaltyConfig;
+use crate::config::{PenaltyCondition, PenaltyConfig};
 use crate::losses::bce_with_logits_host;
 
 /// Rows per forward pass during evaluation.
@@ -32,6 +32,10 @@ pub struct TaskEval {
     /// Binary: equalised-odds gap (absent when a group lacks a class).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub eo_gap: Option<f64>,
+    /// Binary: equal-opportunity gap, the true-positive-rate gap (absent when a group has no
+    /// positive).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub eopp_gap: Option<f64>,
     /// Binary: AUC (absent when the split has one class only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub auc: Option<f64>,
@@ -56,6 +60,10 @@ pub struct PenaltyEval {
     /// Groups absent from the subsample.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub missing_groups: Vec<usize>,
+    /// With `penalty.condition = "positive"`, the task whose positive rows the penalty was
+    /// measured on (absent when measured on every row).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub condition_task: Option<String>,
 }
 
 /// Metrics of a model on one split.
@@ -108,6 +116,31 @@ pub enum EvalError {
         /// Why (boxed: the data error is large, the evaluation error stays small).
         #[source]
         source: Box<DataError>,
+    },
+    /// The conditioning task of the penalty is not a binary task of the schema.
+    #[error(
+        "{split} split: penalty.task `{task}` is not a binary task of the data; tasks: [{tasks}]"
+    )]
+    ConditionTask {
+        /// The split.
+        split: String,
+        /// The task named by the configuration.
+        task: String,
+        /// The data's tasks.
+        tasks: String,
+    },
+    /// The split has fewer than two positives of the conditioning task.
+    #[error(
+        "{split} split: penalty.condition = \"positive\" needs at least 2 rows whose `{task}` \
+         is 1, found {found}"
+    )]
+    TooFewPositives {
+        /// The split.
+        split: String,
+        /// The conditioning task.
+        task: String,
+        /// Its positive rows.
+        found: usize,
     },
     /// The penalty cannot be computed.
     #[error("{split} split: the penalty: {source}")]
@@ -191,6 +224,14 @@ pub fn evaluate(
                     ),
                     eo_gap: metrics::eo_gap(&scores, targets, &split.groups, n_groups, THRESHOLD)
                         .ok(),
+                    eopp_gap: metrics::equal_opportunity_gap(
+                        &scores,
+                        targets,
+                        &split.groups,
+                        n_groups,
+                        THRESHOLD,
+                    )
+                    .ok(),
                     auc: metrics::auc(&scores, targets).ok(),
                     ks: metrics::ks_distance(&scores, &split.groups, n_groups).ok(),
                 }
@@ -200,6 +241,7 @@ pub fn evaluate(
                 accuracy: None,
                 dp_gap: None,
                 eo_gap: None,
+                eopp_gap: None,
                 auc: None,
                 ks: metrics::ks_distance(out, &split.groups, n_groups).ok(),
             },
@@ -211,11 +253,64 @@ pub fn evaluate(
     let penalty = match &penalty.divergence {
         None => None,
         Some(divergence) => {
-            let idx = stratified_subsample(&split.groups, n_groups, penalty.eval_max_points, seed)
-                .map_err(|source| EvalError::Subsample {
+            // The rows the penalty is measured on: all, or the positives of the conditioning
+            // task; then a group-stratified subsample over the groups present among them.
+            let (rows, condition_task): (Vec<usize>, Option<String>) = match &penalty.condition {
+                PenaltyCondition::All => ((0..n).collect(), None),
+                PenaltyCondition::Positive { task } => {
+                    let t = schema
+                        .tasks
+                        .iter()
+                        .position(|i| &i.name == task && i.kind == TaskKind::Binary)
+                        .ok_or_else(|| EvalError::ConditionTask {
+                            split: split_name.into(),
+                            task: task.clone(),
+                            tasks: schema
+                                .tasks
+                                .iter()
+                                .map(|i| i.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        })?;
+                    let labels = &split.targets[t];
+                    (
+                        (0..n).filter(|&i| labels[i] == 1.0).collect(),
+                        Some(task.clone()),
+                    )
+                }
+            };
+            if let (Some(task), true) = (&condition_task, rows.len() < 2) {
+                return Err(EvalError::TooFewPositives {
+                    split: split_name.into(),
+                    task: task.clone(),
+                    found: rows.len(),
+                });
+            }
+            // The groups present among the rows, numbered in group order (the identity when
+            // every group is present, as with every row).
+            let mut is_present = vec![false; n_groups];
+            for &i in &rows {
+                is_present[split.groups[i] as usize] = true;
+            }
+            let mut dense = vec![0u32; n_groups];
+            let mut n_present = 0u32;
+            for (g, &p) in is_present.iter().enumerate() {
+                if p {
+                    dense[g] = n_present;
+                    n_present += 1;
+                }
+            }
+            let present: Vec<u32> = rows
+                .iter()
+                .map(|&i| dense[split.groups[i] as usize])
+                .collect();
+            let picked =
+                stratified_subsample(&present, n_present as usize, penalty.eval_max_points, seed)
+                    .map_err(|source| EvalError::Subsample {
                     split: split_name.into(),
                     source: Box::new(source),
                 })?;
+            let idx: Vec<usize> = picked.iter().map(|&k| rows[k]).collect();
             let sub = split.gather(&idx);
             let z = model.encode(rows_tensor(&sub, 0..sub.len(), device));
             let out = fairness_penalty(z, &sub.groups, n_groups, divergence).map_err(|source| {
@@ -232,6 +327,7 @@ pub fn evaluate(
                 n_iters: out.n_iters,
                 marginal_error: out.marginal_error,
                 missing_groups: out.missing_groups,
+                condition_task,
             })
         }
     };

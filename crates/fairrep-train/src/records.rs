@@ -113,6 +113,10 @@ pub struct Summary {
     pub dataset: String,
     /// The penalty kind.
     pub penalty_kind: PenaltyKind,
+    /// With `penalty.condition = "positive"`, the task whose positives the penalty is
+    /// computed on (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub penalty_task: Option<String>,
     /// The penalty weight.
     pub lambda: f64,
     /// The run seed.

@@ -11,7 +11,9 @@
 //! ```
 //!
 //! (`loss_t` = BCE-with-logits for binary tasks, MSE for regression tasks; the penalty is
-//! skipped when `penalty.kind = "none"` or `lambda = 0`). The learning rate is a function of
+//! skipped when `penalty.kind = "none"` or `lambda = 0`; with `penalty.condition = "positive"`
+//! it is computed on the batch's rows whose label of `penalty.task` is 1, and the batches are
+//! stratified by group and that label). The learning rate is a function of
 //! the epoch only. Everything that changes between epochs is in the checkpoint, so a resumed
 //! run replays the remaining epochs exactly. A step whose loss is not finite stops the run with
 //! an error naming the epoch and step; the last checkpoint is left as it was.
@@ -266,6 +268,8 @@ struct Session {
     start_epoch: usize,
     train_seconds: f64,
     run_id: String,
+    /// The task whose positives the penalty is computed on (`penalty.condition`).
+    condition_task: Option<usize>,
     _lock: RunLock,
 }
 
@@ -304,6 +308,24 @@ impl Session {
         let model_cfg =
             cfg.model
                 .model_config(dataset.n_features(), &dataset.task_names(), &cfg.source)?;
+        let condition_task = cfg
+            .penalty
+            .condition_task(&dataset.schema.tasks, &cfg.source)?;
+        if let Some(t) = condition_task {
+            let n_strata = batch_strata(&dataset, condition_task).n_strata;
+            if cfg.data.batch_size < n_strata {
+                return Err(TrainError::Config(ConfigError::Invalid {
+                    path: cfg.source.clone(),
+                    key: "data.batch_size".into(),
+                    message: format!(
+                        "with penalty.condition = \"positive\" batches are stratified by group \
+                         and label of `{}`, {n_strata} non-empty cells, so a batch needs at \
+                         least {n_strata} rows, found {}",
+                        dataset.schema.tasks[t].name, cfg.data.batch_size
+                    ),
+                }));
+            }
+        }
         // A batch never holds more than the training split.
         let batch_rows = cfg.data.batch_size.min(dataset.train.len().max(1));
         check_model_memory(&model_cfg, batch_rows, &cfg.source)?;
@@ -334,6 +356,7 @@ impl Session {
                     start_epoch: r.manifest.epoch,
                     train_seconds: r.manifest.train_seconds,
                     run_id,
+                    condition_task,
                     _lock: r.lock,
                     cfg,
                     selected,
@@ -360,6 +383,7 @@ impl Session {
                     start_epoch: 0,
                     train_seconds: 0.0,
                     run_id,
+                    condition_task,
                     _lock: lock,
                     cfg,
                     selected,
@@ -461,26 +485,48 @@ impl Session {
             }
             let mut loss = task_loss.expect("at least one task") / n_tasks as f64;
             if let Some(divergence) = &train_divergence {
-                let groups: Vec<u32> = idx.iter().map(|&i| self.dataset.train.groups[i]).collect();
-                let penalty =
-                    fairness_penalty(out.latent, &groups, self.dataset.n_groups(), divergence)
-                        .map_err(|e: LossError| {
-                            diverged(
-                                b + 1,
-                                format!("the penalty failed: {e}"),
-                                self.last_checkpoint(),
-                            )
-                        })?;
-                diagnostics.all_converged &= penalty.converged;
-                diagnostics.batches_not_converged += usize::from(!penalty.converged);
-                diagnostics.max_n_iters = diagnostics.max_n_iters.max(penalty.n_iters);
-                diagnostics.max_marginal_error =
-                    diagnostics.max_marginal_error.max(penalty.marginal_error);
-                if !penalty.missing_groups.is_empty() {
+                // With `penalty.condition = "positive"`, only the batch's positives of the
+                // conditioning task enter the penalty.
+                let kept: Vec<usize> = match self.condition_task {
+                    None => (0..idx.len()).collect(),
+                    Some(t) => {
+                        let labels = &self.dataset.train.targets[t];
+                        (0..idx.len()).filter(|&k| labels[idx[k]] == 1.0).collect()
+                    }
+                };
+                let groups: Vec<u32> = kept
+                    .iter()
+                    .map(|&k| self.dataset.train.groups[idx[k]])
+                    .collect();
+                if kept.len() < 2 {
+                    // Fewer than two positives: no pair of groups to compare.
                     diagnostics.batches_with_missing_groups += 1;
+                } else {
+                    let latent = if kept.len() == idx.len() {
+                        out.latent
+                    } else {
+                        out.latent.select(0, crate::eval::index_tensor(&kept, &ad))
+                    };
+                    let penalty =
+                        fairness_penalty(latent, &groups, self.dataset.n_groups(), divergence)
+                            .map_err(|e: LossError| {
+                                diverged(
+                                    b + 1,
+                                    format!("the penalty failed: {e}"),
+                                    self.last_checkpoint(),
+                                )
+                            })?;
+                    diagnostics.all_converged &= penalty.converged;
+                    diagnostics.batches_not_converged += usize::from(!penalty.converged);
+                    diagnostics.max_n_iters = diagnostics.max_n_iters.max(penalty.n_iters);
+                    diagnostics.max_marginal_error =
+                        diagnostics.max_marginal_error.max(penalty.marginal_error);
+                    if !penalty.missing_groups.is_empty() {
+                        diagnostics.batches_with_missing_groups += 1;
+                    }
+                    add(&mut penalty_sum, &penalty.value);
+                    loss = loss + penalty.value * lambda;
                 }
-                add(&mut penalty_sum, &penalty.value);
-                loss = loss + penalty.value * lambda;
             }
             let value = scalar(loss.clone().inner());
             if !value.is_finite() {
@@ -640,6 +686,9 @@ impl Session {
             epochs: self.cfg.optim.epochs,
             dataset: self.dataset.name.clone(),
             penalty_kind: self.cfg.file.penalty.kind,
+            penalty_task: self
+                .condition_task
+                .map(|t| self.dataset.schema.tasks[t].name.clone()),
             lambda: self.cfg.penalty.lambda,
             seed: self.cfg.seed(),
             device: self.selected.description.clone(),
@@ -753,19 +802,55 @@ fn train_tensors(dataset: &Dataset, device: &Device) -> (Tensor<2>, Vec<Tensor<2
     (x, y)
 }
 
+/// The strata of the training batches: one per row.
+struct Strata {
+    /// Stratum id per train row, in `0..n_strata`.
+    ids: Vec<u32>,
+    /// Number of strata.
+    n_strata: usize,
+}
+
+/// The groups, or with a conditioning task the non-empty (group, label) cells numbered in
+/// order of `2 group + label`, so that every batch holds positives of every group that has
+/// any.
+fn batch_strata(dataset: &Dataset, condition_task: Option<usize>) -> Strata {
+    let groups = &dataset.train.groups;
+    let Some(t) = condition_task else {
+        return Strata {
+            ids: groups.clone(),
+            n_strata: dataset.n_groups(),
+        };
+    };
+    let labels = &dataset.train.targets[t];
+    let cell = |i: usize| 2 * groups[i] as usize + usize::from(labels[i] == 1.0);
+    let mut present = vec![false; 2 * dataset.n_groups()];
+    for i in 0..groups.len() {
+        present[cell(i)] = true;
+    }
+    let mut dense = vec![0u32; present.len()];
+    let mut n_strata = 0u32;
+    for (c, &p) in present.iter().enumerate() {
+        if p {
+            dense[c] = n_strata;
+            n_strata += 1;
+        }
+    }
+    Strata {
+        ids: (0..groups.len()).map(|i| dense[cell(i)]).collect(),
+        n_strata: n_strata as usize,
+    }
+}
+
 /// Runs a training session (fresh or resumed) to its end, or to `run.stop_after_epoch`.
 pub fn train(opts: TrainOptions) -> Result<TrainOutcome, TrainError> {
     let wall = Instant::now();
     let mut session = Session::open(opts)?;
-    let batcher = StratifiedBatches::new(
-        &session.dataset.train.groups,
-        session.dataset.n_groups(),
-        session.cfg.data.batch_size,
-    )
-    .map_err(|source| TrainError::Batches {
-        dataset: session.dataset.name.clone(),
-        source: Box::new(source),
-    })?;
+    let strata = batch_strata(&session.dataset, session.condition_task);
+    let batcher = StratifiedBatches::new(&strata.ids, strata.n_strata, session.cfg.data.batch_size)
+        .map_err(|source| TrainError::Batches {
+            dataset: session.dataset.name.clone(),
+            source: Box::new(source),
+        })?;
     let ad = session.selected.device.clone().autodiff();
     let (x_train, y_train) = train_tensors(&session.dataset, &ad);
     let session_start = Instant::now();
@@ -889,6 +974,52 @@ mod tests {
         );
         let d = json!({"mean": [0.1, 2.0], "name": "sex"});
         assert!(json_difference(&a, &d, "p").unwrap().contains("p.name"));
+    }
+
+    #[test]
+    fn conditioned_batches_hold_positives_of_every_group() {
+        let cfg = fairrep_data::SyntheticConfig {
+            n_train: 500,
+            n_groups: 3,
+            ..Default::default()
+        };
+        let dataset = fairrep_data::synthetic(&cfg, 7);
+        // Unconditioned: the groups themselves.
+        let plain = batch_strata(&dataset, None);
+        assert_eq!(plain.ids, dataset.train.groups);
+        assert_eq!(plain.n_strata, 3);
+        let strata = batch_strata(&dataset, Some(0));
+        let labels = &dataset.train.targets[0];
+        let groups = &dataset.train.groups;
+        assert_eq!(strata.n_strata, 6, "every (group, label) cell is present");
+        for i in 0..groups.len() {
+            let cell = 2 * groups[i] + u32::from(labels[i] == 1.0);
+            assert_eq!(strata.ids[i], cell, "row {i}");
+        }
+        let batcher = StratifiedBatches::new(&strata.ids, strata.n_strata, 32).unwrap();
+        for batch in batcher.epoch(3) {
+            for g in 0..3 {
+                assert!(
+                    batch.iter().any(|&i| groups[i] == g && labels[i] == 1.0),
+                    "a batch lacks positives of group {g}"
+                );
+            }
+        }
+        // A missing cell is skipped: the remaining cells are numbered densely.
+        let mut one_sided = dataset.clone();
+        for (label, &g) in one_sided.train.targets[0].iter_mut().zip(groups) {
+            if g == 1 {
+                *label = 0.0;
+            }
+        }
+        let strata = batch_strata(&one_sided, Some(0));
+        assert_eq!(strata.n_strata, 5);
+        assert!(strata.ids.iter().all(|&c| c < 5));
+        let ids_of_group_2: Vec<u32> = (0..groups.len())
+            .filter(|&i| groups[i] == 2)
+            .map(|i| strata.ids[i])
+            .collect();
+        assert!(ids_of_group_2.iter().all(|&c| c == 3 || c == 4));
     }
 
     #[test]

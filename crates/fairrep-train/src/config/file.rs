@@ -153,10 +153,27 @@ pub struct PenaltySection {
     /// At most this many points (group-stratified) for the penalty on validation / test.
     /// Default `2000`.
     pub eval_max_points: usize,
+    /// `all` | `positive`: the rows whose representations are matched across groups, every
+    /// row or only those whose label of `task` is 1 (equal opportunity). Default `all`.
+    pub condition: ConditionName,
+    /// The binary task whose positives `condition = "positive"` keeps. Default: unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
     /// `[penalty.mmd]`.
     pub mmd: MmdSection,
     /// `[penalty.sinkhorn]`.
     pub sinkhorn: SinkhornSection,
+}
+
+/// `penalty.condition`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConditionName {
+    /// Every row (demographic parity of the representation).
+    #[default]
+    All,
+    /// The rows whose label of `penalty.task` is 1 (equal opportunity).
+    Positive,
 }
 
 impl Default for PenaltySection {
@@ -165,6 +182,8 @@ impl Default for PenaltySection {
             kind: PenaltyKind::None,
             lambda: 1.0,
             eval_max_points: 2000,
+            condition: ConditionName::All,
+            task: None,
             mmd: MmdSection::default(),
             sinkhorn: SinkhornSection::default(),
         }

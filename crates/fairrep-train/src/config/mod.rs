@@ -14,9 +14,9 @@ pub mod file;
 pub mod read;
 
 pub use file::{
-    BandwidthSpec, ConfigFile, DataSection, EstimatorName, HeadSection, MmdSection, ModelSection,
-    OptimKind, OptimSection, PenaltyKind, PenaltySection, RESUMABLE_KEYS, RunSection, SYNTHETIC,
-    ScheduleKind, SinkhornSection,
+    BandwidthSpec, ConditionName, ConfigFile, DataSection, EstimatorName, HeadSection, MmdSection,
+    ModelSection, OptimKind, OptimSection, PenaltyKind, PenaltySection, RESUMABLE_KEYS, RunSection,
+    SYNTHETIC, ScheduleKind, SinkhornSection,
 };
 pub use read::{apply_overrides, config_from_str, parse_config, read_config, read_config_file};
 
@@ -198,6 +198,53 @@ pub struct PenaltyConfig {
     pub lambda: f64,
     /// Points of the validation / test penalty.
     pub eval_max_points: usize,
+    /// The rows the penalty is computed on.
+    pub condition: PenaltyCondition,
+}
+
+/// The rows the penalty matches across groups (`penalty.condition`, `penalty.task`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PenaltyCondition {
+    /// Every row: `sum_g p_g Div(z | s = g, z)`.
+    All,
+    /// The rows whose label of `task` is 1: `sum_g p_{g|1} Div(z | s = g, y = 1, z | y = 1)`.
+    Positive {
+        /// The binary task.
+        task: String,
+    },
+}
+
+impl PenaltyConfig {
+    /// The index of the conditioning task among `tasks` (the run's tasks, with their kinds),
+    /// `None` without a condition. The task must be one of the run's tasks and binary.
+    pub fn condition_task(
+        &self,
+        tasks: &[fairrep_data::TaskInfo],
+        source: &Path,
+    ) -> Result<Option<usize>, ConfigError> {
+        let PenaltyCondition::Positive { task } = &self.condition else {
+            return Ok(None);
+        };
+        let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+        let invalid = |message: String| ConfigError::Invalid {
+            path: source.to_path_buf(),
+            key: "penalty.task".into(),
+            message,
+        };
+        match tasks.iter().position(|t| &t.name == task) {
+            None => Err(invalid(format!(
+                "`{task}` is not a task of this run; tasks: [{}]",
+                names.join(", ")
+            ))),
+            Some(t) if tasks[t].kind != fairrep_data::spec::TaskKind::Binary => {
+                Err(invalid(format!(
+                    "`{task}` is a regression task; penalty.condition = \"positive\" needs a \
+                     binary task"
+                )))
+            }
+            Some(t) => Ok(Some(t)),
+        }
+    }
 }
 
 impl PenaltyConfig {
@@ -526,10 +573,28 @@ impl PenaltySection {
                 Some(Divergence::Sinkhorn(sinkhorn))
             }
         };
+        let condition = match (self.condition, &self.task) {
+            (ConditionName::All, _) => PenaltyCondition::All,
+            (ConditionName::Positive, None) => {
+                return Err(invalid.at(
+                    "penalty.condition",
+                    "\"positive\" needs penalty.task, the binary task whose positive rows the \
+                     penalty is computed on"
+                        .into(),
+                ));
+            }
+            (ConditionName::Positive, Some(task)) if task.trim().is_empty() => {
+                return Err(invalid.at("penalty.task", "must not be empty".into()));
+            }
+            (ConditionName::Positive, Some(task)) => {
+                PenaltyCondition::Positive { task: task.clone() }
+            }
+        };
         Ok(PenaltyConfig {
             divergence,
             lambda: self.lambda,
             eval_max_points: self.eval_max_points,
+            condition,
         })
     }
 }
@@ -675,6 +740,16 @@ fn inert_keys(file: &ConfigFile) -> Vec<String> {
     inert(
         "penalty.lambda",
         kind == PenaltyKind::None && p.lambda != defaults.penalty.lambda,
+        "penalty.kind = \"none\"",
+    );
+    inert(
+        "penalty.task",
+        p.task.is_some() && p.condition == ConditionName::All,
+        "penalty.condition = \"all\"",
+    );
+    inert(
+        "penalty.condition",
+        kind == PenaltyKind::None && p.condition != defaults.penalty.condition,
         "penalty.kind = \"none\"",
     );
     inert(
@@ -847,6 +922,101 @@ mod tests {
                 .inert
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn penalty_condition_keys_are_validated() {
+        let base = "[penalty]\nkind = \"mmd\"\n";
+        let load = |sets: &[&str]| {
+            TrainConfig::from_file(parse(base, sets).unwrap(), Path::new("x.toml"))
+                .map_err(|e| e.to_string())
+        };
+        // Default: every row.
+        assert_eq!(load(&[]).unwrap().penalty.condition, PenaltyCondition::All);
+        // "positive" without a task is an error naming the key.
+        let e = load(&["penalty.condition=positive"]).unwrap_err();
+        assert!(
+            e.contains("penalty.condition") && e.contains("penalty.task"),
+            "{e}"
+        );
+        let e = load(&["penalty.condition=positive", "penalty.task=\"\""]).unwrap_err();
+        assert!(e.contains("penalty.task") && e.contains("empty"), "{e}");
+        // An unknown condition is refused by the schema, listing the variants.
+        let e = parse(base, &["penalty.condition=negative"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("penalty.condition") && e.contains("positive"),
+            "{e}"
+        );
+        let cfg = load(&["penalty.condition=positive", "penalty.task=income"]).unwrap();
+        assert_eq!(
+            cfg.penalty.condition,
+            PenaltyCondition::Positive {
+                task: "income".into()
+            }
+        );
+        assert!(cfg.inert.is_empty(), "{:?}", cfg.inert);
+        // A task with condition "all" is unused; a condition without a penalty too.
+        let cfg = load(&["penalty.task=income"]).unwrap();
+        assert_eq!(cfg.penalty.condition, PenaltyCondition::All);
+        assert!(cfg.inert[0].starts_with("penalty.task"), "{:?}", cfg.inert);
+        let cfg = TrainConfig::from_file(
+            parse("", &["penalty.condition=positive", "penalty.task=income"]).unwrap(),
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert!(
+            cfg.inert.iter().any(|k| k.starts_with("penalty.condition")),
+            "{:?}",
+            cfg.inert
+        );
+        // The task must be a binary task of the run.
+        let tasks = [
+            fairrep_data::TaskInfo {
+                name: "income".into(),
+                column: "income".into(),
+                kind: fairrep_data::spec::TaskKind::Binary,
+            },
+            fairrep_data::TaskInfo {
+                name: "hours".into(),
+                column: "hours".into(),
+                kind: fairrep_data::spec::TaskKind::Regression,
+            },
+        ];
+        let at = |task: &str| {
+            load(&[
+                "penalty.condition=positive",
+                &format!("penalty.task={task}"),
+            ])
+            .unwrap()
+            .penalty
+            .condition_task(&tasks, Path::new("x.toml"))
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(at("income").unwrap(), Some(0));
+        let e = at("hours").unwrap_err();
+        assert!(
+            e.contains("penalty.task") && e.contains("regression"),
+            "{e}"
+        );
+        let e = at("nope").unwrap_err();
+        assert!(
+            e.contains("penalty.task") && e.contains("income, hours"),
+            "{e}"
+        );
+        assert_eq!(
+            load(&[])
+                .unwrap()
+                .penalty
+                .condition_task(&tasks, Path::new("x.toml"))
+                .unwrap(),
+            None
+        );
+        // An old configuration (no condition key) and the resolved one do not differ.
+        let old = parse(base, &[]).unwrap();
+        let resolved = parse(&old.to_toml(), &[]).unwrap();
+        assert!(old.differences(&resolved).is_empty());
     }
 
     #[test]
