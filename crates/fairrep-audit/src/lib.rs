@@ -1,11 +1,13 @@
 //! Reusing finished fairrep runs: open a run ([`trained`]), fit fresh heads for novel tasks
 //! on its frozen representation ([`transfer`]), audit it on its own tasks and for leakage of
 //! the group ([`eval`]), export its representation ([`export`]); the statistics behind them
-//! ([`stats`]) and the head fitting ([`probe`]).
+//! ([`stats`]) and the head fitting ([`probe`]); fair regression by post-processing a run's
+//! head or any model's predictions ([`postprocess`]).
 use std::path::{Path, PathBuf};
 
 pub mod eval;
 pub mod export;
+pub mod postprocess;
 pub mod probe;
 pub mod stats;
 pub mod trained;
