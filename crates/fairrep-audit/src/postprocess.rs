@@ -171,7 +171,7 @@ pub enum PostprocessCmdError {
         context: String,
         /// Why.
         #[source]
-        source: PostprocessError,
+        source: Box<PostprocessError>,
     },
     /// Writing an output failed.
     #[error("cannot write `{}`: {message}", path.display())]
@@ -185,7 +185,10 @@ pub enum PostprocessCmdError {
 
 fn pp(context: impl Into<String>) -> impl FnOnce(PostprocessError) -> PostprocessCmdError {
     let context = context.into();
-    move |source| PostprocessCmdError::Postprocess { context, source }
+    move |source| PostprocessCmdError::Postprocess {
+        context,
+        source: Box::new(source),
+    }
 }
 
 /// Settings shared by the entry points.
@@ -917,8 +920,9 @@ pub fn apply_saved(
     })
 }
 
-/// The rows of [`apply_saved`] as CSV: the file's columns, then `postprocessed`.
-pub fn applied_csv(applied: &Applied) -> String {
+/// The rows of [`apply_saved`] as CSV: the file's columns, then `postprocessed`. `path` (the
+/// file it is meant for) names errors.
+pub fn applied_csv(applied: &Applied, path: &Path) -> Result<String, PostprocessCmdError> {
     let t = &applied.table;
     let col = |a: &fairrep_postprocess::GroupColumn| {
         if a.name == "group" {
@@ -931,6 +935,10 @@ pub fn applied_csv(applied: &Applied) -> String {
             )
         }
     };
+    let werr = |e: &dyn std::fmt::Display| PostprocessCmdError::Write {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
     let mut header = vec!["prediction".to_string()];
     header.extend(t.attributes.iter().map(col));
     if t.targets.is_some() {
@@ -941,11 +949,7 @@ pub fn applied_csv(applied: &Applied) -> String {
     }
     header.push("postprocessed".into());
     let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
-    let mut out = |rec: Vec<String>| {
-        // Writing to memory cannot fail.
-        let _ = w.write_record(&rec);
-    };
-    out(header);
+    w.write_record(&header).map_err(|e| werr(&e))?;
     for i in 0..t.len() {
         let mut rec = vec![t.predictions[i].to_string()];
         rec.extend(t.attributes.iter().map(|a| a.groups[i].clone()));
@@ -956,8 +960,8 @@ pub fn applied_csv(applied: &Applied) -> String {
             rec.push(s[i].clone());
         }
         rec.push(applied.postprocessed[i].to_string());
-        out(rec);
+        w.write_record(&rec).map_err(|e| werr(&e))?;
     }
-    drop(out);
-    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+    let bytes = w.into_inner().map_err(|e| werr(&e))?;
+    String::from_utf8(bytes).map_err(|e| werr(&e))
 }

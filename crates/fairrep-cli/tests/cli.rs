@@ -1418,7 +1418,7 @@ fn ks_two(values: &[f64], groups: &[&str], a: &str, b: &str) -> f64 {
         .fold(0.0, f64::max)
 }
 
-fn curve_point<'a>(report: &'a Value, alpha: f64) -> &'a Value {
+fn curve_point(report: &Value, alpha: f64) -> &Value {
     report["curve"]
         .as_array()
         .unwrap()

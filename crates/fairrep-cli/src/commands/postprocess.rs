@@ -36,7 +36,7 @@ pub(crate) fn run(args: PostprocessArgs) -> anyhow::Result<()> {
         if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
             fsutil::create_dir_all(parent)?;
         }
-        fsutil::write_atomic(out, applied_csv(&applied).as_bytes())
+        fsutil::write_atomic(out, applied_csv(&applied, out)?.as_bytes())
             .with_context(|| format!("cannot write `{}`", out.display()))?;
         eprintln!(
             "{} rows post-processed at alpha = {}: {}",
