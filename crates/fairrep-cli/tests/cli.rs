@@ -1766,6 +1766,52 @@ fn postprocess_several_attributes_in_sequence() {
     );
     let fair = curve_point(&report, 1.0);
     assert_eq!(fair["attributes"][1]["ks"].as_f64(), Some(ks(2, 1)));
+    // The sequential fit applied to the test rows alone (attribute columns in another order:
+    // they are matched by name) reproduces the report's outputs: the same MSE at alpha = 1.
+    let mut test_rows = String::from("group:race,prediction,group:sex,target\n");
+    for l in text.lines().skip(1).filter(|l| l.ends_with(",test")) {
+        let f: Vec<&str> = l.split(',').collect();
+        test_rows.push_str(&format!("{},{},{},{}\n", f[2], f[0], f[1], f[3]));
+    }
+    let test_file = write(&dir.join("two-test.csv"), &test_rows);
+    let applied = dir.join("two-applied.csv");
+    let out = fairrep(
+        &dir,
+        &[
+            "postprocess",
+            "--apply",
+            folder.join("fit.json").to_str().unwrap(),
+            "--predictions",
+            test_file.to_str().unwrap(),
+            "--out",
+            applied.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out);
+    let rows: Vec<Vec<String>> = std::fs::read_to_string(&applied)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "prediction",
+            "group:race",
+            "group:sex",
+            "target",
+            "postprocessed"
+        ]
+    );
+    let mse = rows[1..]
+        .iter()
+        .map(|r| {
+            let (y, p): (f64, f64) = (r[3].parse().unwrap(), r[4].parse().unwrap());
+            (p - y) * (p - y)
+        })
+        .sum::<f64>()
+        / (rows.len() - 1) as f64;
+    assert_eq!(Some(mse), fair["mse"].as_f64());
     // Applying the sequential fit needs every attribute's column.
     let one = write(&dir.join("one.csv"), "prediction,group:sex\n0.5,f\n");
     let out = fairrep(
