@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Predictions of another tool for `fairrep postprocess --predictions`: a scikit-learn random
-forest on UCI Communities and Crime, written as a predictions CSV.
+forest on UCI Communities and Crime (or on Law School, with two attributes), written as a
+predictions CSV.
 
 The base predictor of the public demo of "Fair Regression with Wasserstein Barycenters"
 (Chzhen et al., NeurIPS 2020) is a random forest that sees every attribute, the race
@@ -15,6 +16,15 @@ format `fairrep postprocess` reads (columns prediction, group, target, split):
 - split (seeded): 10% test, and the other 90% into 70% / 20% of all rows: the forest is fitted
   on the 70% (`train` rows, ignored by fairrep), and its predictions on the 20% (`valid`) are
   the post-processing's calibration sample (held out from the forest's fit).
+
+The forest runs on one thread: with several, scikit-learn sums the trees' predictions in
+thread order and the last bits of the output change from run to run.
+
+With `--dataset law_school` (`--data` the Law School law_data.csv), the forest predicts ZFYA
+from LSAT, UGPA, sex, race and region_first (one-hot; the one region_first = PO row dropped, as
+datasets/law_school.toml), and the file has two attributes for the sequential
+post-processing: `group:race` (White / non_White) and `group:sex` (the file's codes 1 / 2 as
+sex_1 / sex_2), race first.
 
 Run (versions pinned in scripts/requirements-fixtures.txt):
 
@@ -49,14 +59,39 @@ def load(path):
     return data[:, :-1], data[:, -1], black
 
 
+def load_law_school(path):
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["region_first"] != "PO"]
+    regions = sorted({r["region_first"] for r in rows})
+    races = sorted({r["race"] for r in rows})
+    x = np.array(
+        [
+            [float(r["LSAT"]), float(r["UGPA"]), float(r["sex"])]
+            + [float(r["race"] == v) for v in races]
+            + [float(r["region_first"] == v) for v in regions]
+            for r in rows
+        ]
+    )
+    y = np.array([float(r["ZFYA"]) for r in rows])
+    race = np.array(["White" if r["race"] == "White" else "non_White" for r in rows])
+    sex = np.array([f"sex_{r['sex']}" for r in rows])
+    return x, y, [("race", race), ("sex", sex)]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True)
+    ap.add_argument("--dataset", choices=["communities", "law_school"], default="communities")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--trees", type=int, default=200)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    x, y, black = load(a.data)
+    if a.dataset == "communities":
+        x, y, black = load(a.data)
+        groups = [("group", np.where(black > THRESHOLD, "black_gt_6pct", "black_le_6pct"))]
+    else:
+        x, y, attrs = load_law_school(a.data)
+        groups = [(f"group:{name}", g) for name, g in attrs]
     n = len(y)
     rng = np.random.default_rng(a.seed)
     order = rng.permutation(n)
@@ -67,15 +102,16 @@ def main():
     split[order[n_test : n_test + n_valid]] = "valid"
     split[order[n_test + n_valid :]] = "train"
     fit_rows = split == "train"
-    forest = RandomForestRegressor(n_estimators=a.trees, random_state=a.seed, n_jobs=2)
+    forest = RandomForestRegressor(n_estimators=a.trees, random_state=a.seed, n_jobs=1)
     forest.fit(x[fit_rows], y[fit_rows])
     pred = forest.predict(x)
-    group = np.where(black > THRESHOLD, "black_gt_6pct", "black_le_6pct")
     with open(a.out, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["prediction", "group", "target", "split"])
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["prediction"] + [c for c, _ in groups] + ["target", "split"])
         for i in range(n):
-            w.writerow([repr(float(pred[i])), group[i], repr(float(y[i])), split[i]])
+            w.writerow(
+                [repr(float(pred[i]))] + [g[i] for _, g in groups] + [repr(float(y[i])), split[i]]
+            )
     print(
         f"{a.out}: {n} rows ({int(fit_rows.sum())} train, {n_valid} valid, {n_test} test), "
         f"{x.shape[1]} inputs, scikit-learn {sklearn.__version__}, numpy {np.__version__}"
