@@ -297,9 +297,9 @@ pub(crate) struct PostprocessArgs {
     /// Default: 0,0.1,...,1.
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true, num_args = 1)]
     pub(crate) alphas: Option<Vec<f64>>,
-    /// With --apply: the alpha of every step, in [0, 1].
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    pub(crate) alpha: f64,
+    /// With --apply: the alpha of every step, in [0, 1] (default 1).
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) alpha: Option<f64>,
     /// Half-width of the uniform tie-breaking jitter (default: 1e-6 times the range of the
     /// calibration predictions).
     #[arg(long, allow_negative_numbers = true)]
@@ -307,9 +307,9 @@ pub(crate) struct PostprocessArgs {
     /// Seed of the jitter draws.
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
-    /// With --scores: the decision threshold of the DP gap.
-    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
-    pub(crate) threshold: f64,
+    /// With --scores: the decision threshold of the DP gap (default 0.5).
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) threshold: Option<f64>,
     /// Folder with the real datasets (else $FAIRREP_DATA_DIR).
     #[arg(long, value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,

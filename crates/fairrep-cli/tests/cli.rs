@@ -1715,6 +1715,17 @@ fn postprocess_a_predictions_file_and_apply_the_saved_fit() {
         ],
     );
     assert_fails_with(&bad_alpha, &["alpha = -0.1", "expected a number in [0, 1]"]);
+    let stray = fairrep(
+        &dir,
+        &[
+            "postprocess",
+            "--predictions",
+            file.to_str().unwrap(),
+            "--alpha",
+            "0.5",
+        ],
+    );
+    assert_fails_with(&stray, &["--alpha applies with --apply"]);
 }
 
 #[test]

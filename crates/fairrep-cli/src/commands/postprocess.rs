@@ -26,12 +26,14 @@ pub(crate) fn run(args: PostprocessArgs) -> anyhow::Result<()> {
             ("--alphas", args.alphas.is_some()),
             ("--jitter", args.jitter.is_some()),
             ("--scores", args.scores),
+            ("--threshold", args.threshold.is_some()),
         ] {
             if given {
                 anyhow::bail!("{flag} does not apply with --apply (the saved fit decides)");
             }
         }
-        let applied = apply_saved(fit, predictions, args.alpha, args.seed)
+        let alpha = args.alpha.unwrap_or(1.0);
+        let applied = apply_saved(fit, predictions, alpha, args.seed)
             .context("applying the post-processor failed")?;
         if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
             fsutil::create_dir_all(parent)?;
@@ -41,23 +43,27 @@ pub(crate) fn run(args: PostprocessArgs) -> anyhow::Result<()> {
         eprintln!(
             "{} rows post-processed at alpha = {}: {}",
             applied.postprocessed.len(),
-            args.alpha,
+            alpha,
             out.display()
         );
         return Ok(());
     }
+    if args.alpha.is_some() {
+        anyhow::bail!("--alpha applies with --apply; the curve's alphas are --alphas");
+    }
+    if args.threshold.is_some() && !args.scores {
+        anyhow::bail!("--threshold applies with --scores (the DP gap of probability scores)");
+    }
+    let threshold = args.threshold.unwrap_or(0.5);
     let opts = PostprocessOptions {
         alphas: args.alphas.clone().unwrap_or_else(default_alphas),
         jitter: args.jitter,
         seed: args.seed,
         scores: args.scores,
-        threshold: args.threshold,
+        threshold,
     };
-    if args.scores && !args.threshold.is_finite() {
-        anyhow::bail!(
-            "--threshold must be a finite number, found {}",
-            args.threshold
-        );
+    if !threshold.is_finite() {
+        anyhow::bail!("--threshold must be a finite number, found {threshold}");
     }
     let outcome: Outcome = match (&args.from, &args.predictions) {
         (Some(run), None) => {
