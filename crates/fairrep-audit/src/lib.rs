@@ -1,7 +1,8 @@
 //! Reusing finished fairrep runs: open a run ([`trained`]), fit fresh heads for novel tasks
 //! on its frozen representation ([`transfer`]), audit it on its own tasks and for leakage of
 //! the group ([`eval`]), export its representation ([`export`]); the statistics behind them
-//! ([`stats`]) and the head fitting ([`probe`]). FERM against the unconstrained SVM
+//! ([`stats`]) and the head fitting ([`probe`]); fair regression by post-processing a run's
+//! head or any model's predictions ([`postprocess`]). FERM against the unconstrained SVM
 //! ([`ferm`]) writes a linear fair representation that transfer and export open beside the
 //! trained encoders ([`representation`]).
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 pub mod eval;
 pub mod export;
 pub mod ferm;
+pub mod postprocess;
 pub mod probe;
 pub mod representation;
 pub mod stats;

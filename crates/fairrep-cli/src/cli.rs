@@ -41,6 +41,10 @@ pub(crate) enum Command {
     /// regression with the authors' model selection; prints a table, writes a run directory
     /// per seed (ferm.json, and the linear FERM representation for transfer and export).
     Ferm(FermArgs),
+    /// Fair regression by Wasserstein-barycentre post-processing of a run's head or of a
+    /// predictions CSV: fits on the calibration rows, prints the risk / unfairness curve over
+    /// alpha, writes fit.json, report.json and curve.svg; or applies a saved fit (--apply).
+    Postprocess(PostprocessArgs),
 }
 
 /// `--device`.
@@ -289,4 +293,54 @@ pub(crate) struct FermArgs {
     /// One seed (overrides run.seeds).
     #[arg(long)]
     pub(crate) seed: Option<u64>,
+/// `fairrep postprocess`.
+#[derive(Debug, Args)]
+pub(crate) struct PostprocessArgs {
+    /// A run directory: post-process the head of --task (calibrated on the validation split,
+    /// reported on the test split).
+    #[arg(long = "from", value_name = "RUN_DIR", conflicts_with = "predictions")]
+    pub(crate) from: Option<PathBuf>,
+    /// The run's task (a regression task, or a binary task with --scores).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) task: Option<String>,
+    /// The predictions are probability scores (a binary head's, or a file's): also report the
+    /// demographic-parity gap at --threshold.
+    #[arg(long)]
+    pub(crate) scores: bool,
+    /// A predictions CSV (columns prediction, group or group:NAME..., optional target, split):
+    /// calibrated on the rows with split = valid or calib, reported on split = test; with
+    /// --apply, every row is post-processed.
+    #[arg(long, value_name = "FILE.csv")]
+    pub(crate) predictions: Option<PathBuf>,
+    /// Apply a saved post-processor (fit.json) to --predictions, writing --out.
+    #[arg(long, value_name = "FIT.json", requires = "predictions")]
+    pub(crate) apply: Option<PathBuf>,
+    /// The alphas of the risk / unfairness curve, each in [0, 1] (0: unchanged, 1: fully fair).
+    /// Default: 0,0.1,...,1.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, num_args = 1)]
+    pub(crate) alphas: Option<Vec<f64>>,
+    /// With --apply: the alpha of every step, in [0, 1] (default 1).
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) alpha: Option<f64>,
+    /// Half-width of the uniform tie-breaking jitter (default: 1e-6 times the range of the
+    /// calibration predictions).
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) jitter: Option<f64>,
+    /// Seed of the jitter draws.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// With --scores: the decision threshold of the DP gap (default 0.5).
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) threshold: Option<f64>,
+    /// Folder with the real datasets (else $FAIRREP_DATA_DIR).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Compute device (the run's forward pass).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub(crate) device: DeviceArg,
+    /// Output: the folder for fit.json, report.json and curve.svg (default RUN_DIR/postprocess/
+    /// TASK, or FILE.csv.postprocess beside the predictions); with --apply, the CSV to write
+    /// (required).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) out: Option<PathBuf>,
 }

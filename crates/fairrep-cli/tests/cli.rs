@@ -1500,6 +1500,66 @@ fn ferm_config_on(dir: &Path, spec: &Path, task: &str, extra: &str) -> PathBuf {
              \"logistic\", \"rbf\", \"linear_kernel\"]\n[selection]\nfolds = 3\n[run]\nout_dir \
              = \"out\"\n{extra}",
             spec.display()
+// ---------------------------------------------------------------------------------------------
+// `fairrep postprocess`
+// ---------------------------------------------------------------------------------------------
+
+/// A deterministic pseudo-random number in [0, 1) (splitmix64 of `i`).
+fn unit(i: u64) -> f64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A small regression dataset with a spec: 2000 rows, groups F / M; the input `x` is shifted by
+/// the group, the target `score = 2 x + noise` follows it (so an unconstrained head is unfair),
+/// and a binary task `high` (score > 1). Returns the training config.
+fn regression_dataset(dir: &Path) -> PathBuf {
+    let mut csv = String::from("x,z,sex,score\n");
+    for i in 0..2000u64 {
+        let male = i % 2 == 1;
+        let x = unit(3 * i) + if male { 1.0 } else { 0.0 };
+        let z = unit(3 * i + 1);
+        let y = 2.0 * x + 0.3 * (unit(3 * i + 2) - 0.5);
+        csv.push_str(&format!("{x},{z},{},{y}\n", if male { "M" } else { "F" }));
+    }
+    std::fs::write(dir.join("reg.csv"), csv).unwrap();
+    let spec = r#"
+name = "reg"
+
+[files]
+train = { path = "reg.csv" }
+
+[inputs]
+numeric = ["x", "z"]
+
+[sensitive]
+column = "sex"
+groups = [{ name = "F", values = ["F"] }, { name = "M", values = ["M"] }]
+
+[[tasks]]
+name = "score"
+column = "score"
+kind = "regression"
+
+[[tasks]]
+name = "high"
+column = "score"
+op = ">"
+value = 2
+
+[split]
+kind = "random"
+fractions = { train = 0.5, valid = 0.25, test = 0.25 }
+"#;
+    let spec_path = write(&dir.join("reg-spec.toml"), spec);
+    write(
+        &dir.join("reg.toml"),
+        &format!(
+            "[data]\ndataset = \"{}\"\nbatch_size = 32\n[model]\nencoder_widths = [16]\nlatent = \
+             4\n[optim]\nlr = 1e-2\nepochs = 15\n[run]\ndevice = \"flex\"\n",
+            spec_path.display()
         ),
     )
 }
@@ -1894,4 +1954,446 @@ fn ferm_representation_goes_through_transfer_and_export() {
         ),
         &["is a `fairrep ferm` run", "ferm.json"],
     );
+}
+/// Exact two-sample KS distance between the values of groups `a` and `b`.
+fn ks_two(values: &[f64], groups: &[&str], a: &str, b: &str) -> f64 {
+    let pick = |g: &str| {
+        let mut v: Vec<f64> = values
+            .iter()
+            .zip(groups)
+            .filter(|(_, x)| **x == g)
+            .map(|(v, _)| *v)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let (x, y) = (pick(a), pick(b));
+    let mut all: Vec<f64> = x.iter().chain(&y).copied().collect();
+    all.sort_by(f64::total_cmp);
+    let cdf = |v: &[f64], t: f64| v.partition_point(|&u| u <= t) as f64 / v.len() as f64;
+    all.iter()
+        .map(|&t| (cdf(&x, t) - cdf(&y, t)).abs())
+        .fold(0.0, f64::max)
+}
+
+fn curve_point(report: &Value, alpha: f64) -> &Value {
+    report["curve"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["alpha"].as_f64() == Some(alpha))
+        .unwrap_or_else(|| panic!("no alpha {alpha} in {report}"))
+}
+
+#[test]
+fn postprocess_a_regression_run_and_its_binary_scores() {
+    let dir = scratch("postprocess_run");
+    let config = regression_dataset(&dir);
+    let data_dir = dir.to_str().unwrap();
+    let out_dir = dir.join("runs");
+    let out = fairrep(
+        &dir,
+        &[
+            "train",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data_dir,
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out);
+    let run = only_run_dir(&out_dir);
+    // summary.json: a regression task has MSE (`loss`), RMSE, KS and W1.
+    let s = read_json(&run.join("summary.json"));
+    let t = &s["test"]["tasks"]["score"];
+    let (mse, rmse) = (t["loss"].as_f64().unwrap(), t["rmse"].as_f64().unwrap());
+    assert!((rmse - mse.sqrt()).abs() < 1e-12, "{t}");
+    assert!(
+        t["ks"].as_f64().unwrap() > 0.5 && t["w1"].as_f64().unwrap() > 1.0,
+        "{t}"
+    );
+    assert!(s["test"]["tasks"]["high"].get("rmse").is_none(), "{s}");
+
+    let out = fairrep(
+        &dir,
+        &[
+            "postprocess",
+            "--from",
+            run.to_str().unwrap(),
+            "--task",
+            "score",
+            "--data-dir",
+            data_dir,
+        ],
+    );
+    assert_ok(&out);
+    let folder = run.join("postprocess").join("score");
+    let report = read_json(&folder.join("report.json"));
+    assert!(folder.join("fit.json").is_file() && folder.join("curve.svg").is_file());
+    assert_eq!(report["curve"].as_array().unwrap().len(), 11, "{report}");
+    assert_eq!(report["calibration"]["n"].as_u64(), Some(500));
+    assert_eq!(report["test"]["n"].as_u64(), Some(500));
+    assert_eq!(
+        report["test"]["group_sizes"],
+        serde_json::json!([[250, 250]])
+    );
+    let (base, fair) = (curve_point(&report, 0.0), curve_point(&report, 1.0));
+    // alpha = 0 is the head itself: the test MSE and KS of summary.json.
+    let base_mse = base["mse"].as_f64().unwrap();
+    assert!((base_mse - mse).abs() <= 1e-9 * mse, "{base_mse} vs {mse}");
+    assert_eq!(base["attributes"][0]["ks"], t["ks"]);
+    // alpha = 1: the KS of the fair outputs between the test groups carries the noise of the
+    // calibration sample (its ECDFs and quantiles) and of the test sample: with 250 rows per
+    // group in each, it exceeds 1.95 sqrt(4 / 250) = 0.247 with probability about 0.001
+    // (the Kolmogorov tail; the base KS is near 1).
+    let (ks0, ks1) = (
+        base["attributes"][0]["ks"].as_f64().unwrap(),
+        fair["attributes"][0]["ks"].as_f64().unwrap(),
+    );
+    assert!(ks0 > 0.5 && ks1 < 0.25, "KS {ks0} -> {ks1}");
+    let (w0, w1) = (
+        base["attributes"][0]["w1"].as_f64().unwrap(),
+        fair["attributes"][0]["w1"].as_f64().unwrap(),
+    );
+    assert!(w1 < 0.25 * w0, "W1 {w0} -> {w1}");
+    // Fairness costs risk: the groups' targets differ by about 2.
+    assert!(fair["mse"].as_f64().unwrap() > base_mse, "{report}");
+    assert_eq!(report["attributes"], serde_json::json!(["sex"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("alpha") && stdout.lines().count() >= 13,
+        "{stdout}"
+    );
+
+    // A binary head: refused without --scores, post-processed with it (DP gap at 0.5).
+    let run_s = run.to_str().unwrap();
+    let pp = |extra: &[&str]| {
+        let mut args = vec!["postprocess", "--from", run_s, "--data-dir", data_dir];
+        args.extend_from_slice(extra);
+        fairrep(&dir, &args)
+    };
+    assert_fails_with(
+        &pp(&["--task", "high"]),
+        &[
+            "task `high`",
+            "expected a regression task, found a binary task",
+            "--scores",
+        ],
+    );
+    assert_fails_with(
+        &pp(&["--task", "score", "--scores"]),
+        &["--scores applies to binary tasks"],
+    );
+    assert_fails_with(
+        &pp(&["--task", "nope"]),
+        &["has no task `nope`", "score, high"],
+    );
+    assert_fails_with(
+        &pp(&["--task", "score", "--alphas", "0,0.5,1.5"]),
+        &["alpha = 1.5", "expected a number in [0, 1]"],
+    );
+    let scores_out = dir.join("scores");
+    let out = pp(&[
+        "--task",
+        "high",
+        "--scores",
+        "--alphas",
+        "0,1",
+        "--out",
+        scores_out.to_str().unwrap(),
+    ]);
+    assert_ok(&out);
+    let report = read_json(&scores_out.join("report.json"));
+    assert_eq!(report["output"].as_str(), Some("score"));
+    let base = &curve_point(&report, 0.0)["attributes"][0];
+    let fair = &curve_point(&report, 1.0)["attributes"][0];
+    // The base DP gap is the one of summary.json (decisions at 0.5); post-processing shrinks it.
+    assert_eq!(base["dp_gap"], s["test"]["tasks"]["high"]["dp_gap"]);
+    assert!(
+        fair["dp_gap"].as_f64().unwrap() < 0.5 * base["dp_gap"].as_f64().unwrap(),
+        "{report}"
+    );
+}
+
+/// Writes a predictions CSV: group `A` shifted by 1 from `B`; `valid` rows (2 in 3) and
+/// `test` rows; target = prediction + 0.1. `row` may rewrite a line.
+fn predictions_file(path: &Path, row: impl Fn(usize, String) -> String) -> PathBuf {
+    let mut text = String::from("prediction,group,target,split\n");
+    for i in 0..1200usize {
+        let a = i % 2 == 0;
+        let p = unit(i as u64) + if a { 1.0 } else { 0.0 };
+        let split = if i % 3 == 0 { "test" } else { "valid" };
+        let line = format!("{p},{},{},{split}", if a { "A" } else { "B" }, p + 0.1);
+        text.push_str(&row(i, line));
+        text.push('\n');
+    }
+    write(path, &text)
+}
+
+#[test]
+fn postprocess_a_predictions_file_and_apply_the_saved_fit() {
+    let dir = scratch("postprocess_csv");
+    let file = predictions_file(&dir.join("preds.csv"), |_, l| l);
+    let out = fairrep(
+        &dir,
+        &["postprocess", "--predictions", file.to_str().unwrap()],
+    );
+    assert_ok(&out);
+    let folder = dir.join("preds.csv.postprocess");
+    let report = read_json(&folder.join("report.json"));
+    assert_eq!(report["calibration"]["n"].as_u64(), Some(800));
+    assert_eq!(report["test"]["n"].as_u64(), Some(400));
+    let (base, fair) = (curve_point(&report, 0.0), curve_point(&report, 1.0));
+    // alpha = 0 leaves the predictions unchanged: RMSE is the offset 0.1.
+    assert!(
+        (base["rmse"].as_f64().unwrap() - 0.1).abs() < 1e-12,
+        "{report}"
+    );
+    // 400 calibration and 200 test rows per group: the fair outputs' KS (calibration and
+    // test noise, see the run test) exceeds 1.95 sqrt(2 / 400 + 2 / 200) = 0.239 with
+    // probability about 0.001.
+    let ks = |p: &Value| p["attributes"][0]["ks"].as_f64().unwrap();
+    assert!(
+        ks(base) > 0.9 && ks(fair) < 0.24,
+        "{} -> {}",
+        ks(base),
+        ks(fair)
+    );
+    // KS decreases along the curve (the geodesic), up to sampling noise.
+    assert!(ks(curve_point(&report, 0.5)) < ks(base), "{report}");
+
+    // The saved fit applied to the test rows alone, with the same seed, reproduces the
+    // report's outputs: its MSE at alpha = 1 is the report's, exactly.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut test_rows = String::from("prediction,group,target\n");
+    for l in text.lines().skip(1).filter(|l| l.ends_with(",test")) {
+        test_rows.push_str(l.trim_end_matches(",test"));
+        test_rows.push('\n');
+    }
+    let test_file = write(&dir.join("test.csv"), &test_rows);
+    let fit = folder.join("fit.json");
+    let applied = dir.join("applied.csv");
+    let apply = |alpha: &str, input: &Path| {
+        fairrep(
+            &dir,
+            &[
+                "postprocess",
+                "--apply",
+                fit.to_str().unwrap(),
+                "--predictions",
+                input.to_str().unwrap(),
+                "--alpha",
+                alpha,
+                "--out",
+                applied.to_str().unwrap(),
+            ],
+        )
+    };
+    assert_ok(&apply("1", &test_file));
+    let rows: Vec<Vec<String>> = std::fs::read_to_string(&applied)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    assert_eq!(rows[0], ["prediction", "group", "target", "postprocessed"]);
+    let col = |j: usize| -> Vec<f64> { rows[1..].iter().map(|r| r[j].parse().unwrap()).collect() };
+    let (pred, target, post) = (col(0), col(2), col(3));
+    let groups: Vec<&str> = rows[1..].iter().map(|r| r[1].as_str()).collect();
+    let mse = post
+        .iter()
+        .zip(&target)
+        .map(|(p, y)| (p - y) * (p - y))
+        .sum::<f64>()
+        / post.len() as f64;
+    assert_eq!(mse, fair["mse"].as_f64().unwrap());
+    assert_eq!(ks_two(&post, &groups, "A", "B"), ks(fair));
+    // alpha = 0 returns every prediction unchanged.
+    assert_ok(&apply("0", &test_file));
+    let rows0 = std::fs::read_to_string(&applied).unwrap();
+    for (l, p) in rows0.lines().skip(1).zip(&pred) {
+        let last: f64 = l.rsplit(',').next().unwrap().parse().unwrap();
+        assert_eq!(last, *p);
+    }
+
+    // Bad input.
+    assert_fails_with(&apply("1.5", &test_file), &["--alpha", "alpha = 1.5"]);
+    let unknown = write(&dir.join("unknown.csv"), "prediction,group\n0.5,A\n0.7,C\n");
+    assert_fails_with(
+        &apply("1", &unknown),
+        &[
+            "unknown.csv, line 3, column `group`",
+            "group `C`",
+            "known groups: A, B",
+        ],
+    );
+    let pp = |f: &Path| fairrep(&dir, &["postprocess", "--predictions", f.to_str().unwrap()]);
+    let constant = predictions_file(&dir.join("constant.csv"), |_, l| {
+        let rest = l.split_once(',').unwrap().1.to_string();
+        format!("0.25,{rest}")
+    });
+    assert_fails_with(
+        &pp(&constant),
+        &["constant.csv", "all 800 calibration predictions equal 0.25"],
+    );
+    let no_split = write(
+        &dir.join("nosplit.csv"),
+        "prediction,group\n0.1,A\n0.2,B\n0.3,A\n0.4,B\n",
+    );
+    assert_fails_with(
+        &pp(&no_split),
+        &[
+            "nosplit.csv: expected rows with split = valid or calib (calibration)",
+            "no `split` column",
+        ],
+    );
+    let no_valid = predictions_file(&dir.join("novalid.csv"), |_, l| {
+        l.replace(",valid", ",train")
+    });
+    assert_fails_with(&pp(&no_valid), &["found none (splits: test, train)"]);
+    // A test group without calibration rows.
+    let absent = predictions_file(&dir.join("absent.csv"), |i, l| {
+        if i == 3 { l.replace(",B,", ",C,") } else { l }
+    });
+    assert_fails_with(
+        &pp(&absent),
+        &[
+            "absent.csv",
+            "group `C` has no row in the calibration sample",
+        ],
+    );
+    let bad_alpha = fairrep(
+        &dir,
+        &[
+            "postprocess",
+            "--predictions",
+            file.to_str().unwrap(),
+            "--alphas",
+            "-0.1,1",
+        ],
+    );
+    assert_fails_with(&bad_alpha, &["alpha = -0.1", "expected a number in [0, 1]"]);
+    let stray = fairrep(
+        &dir,
+        &[
+            "postprocess",
+            "--predictions",
+            file.to_str().unwrap(),
+            "--alpha",
+            "0.5",
+        ],
+    );
+    assert_fails_with(&stray, &["--alpha applies with --apply"]);
+}
+
+#[test]
+fn postprocess_several_attributes_in_sequence() {
+    // Two attributes: `sex` shifts the prediction by 1, `race` by 0.5; made fair in header
+    // order (sex, then race).
+    let dir = scratch("postprocess_seq");
+    let mut text = String::from("prediction,group:sex,group:race,target,split\n");
+    for i in 0..4000usize {
+        let (m, r) = (i % 2 == 1, (i / 2) % 2 == 1);
+        let p = unit(i as u64 + 7) + f64::from(u8::from(m)) + 0.5 * f64::from(u8::from(r));
+        let split = if (i / 4) % 2 == 0 { "valid" } else { "test" };
+        let (sex, race) = (if m { "m" } else { "f" }, if r { "x" } else { "y" });
+        text.push_str(&format!("{p},{sex},{race},{p},{split}\n"));
+    }
+    let file = write(&dir.join("two.csv"), &text);
+    let out = fairrep(
+        &dir,
+        &[
+            "postprocess",
+            "--predictions",
+            file.to_str().unwrap(),
+            "--alphas",
+            "0,1",
+        ],
+    );
+    assert_ok(&out);
+    let folder = dir.join("two.csv.postprocess");
+    let report = read_json(&folder.join("report.json"));
+    assert_eq!(report["attributes"], serde_json::json!(["sex", "race"]));
+    let fit = read_json(&folder.join("fit.json"));
+    assert_eq!(
+        fit["format"].as_str(),
+        Some("fairrep-postprocess/sequential")
+    );
+    // Stages: base, after sex, after race; KS of each attribute at each stage. 1,000
+    // calibration and 1,000 test rows per group of each attribute: a fair output's KS
+    // (calibration and test noise) exceeds 1.95 sqrt(4 / 1000) = 0.123 with probability about
+    // 0.001. The attributes are independent and shift additively, so the race step keeps sex
+    // fair here (in general only the last attribute is guaranteed).
+    let stages = report["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 3);
+    let ks = |st: usize, a: usize| stages[st]["attributes"][a]["ks"].as_f64().unwrap();
+    assert!(ks(0, 0) > 0.5 && ks(0, 1) > 0.2, "{report}");
+    assert!(ks(1, 0) < 0.123, "sex after its step: {report}");
+    assert!(
+        ks(2, 1) < 0.123 && ks(2, 0) < 0.123,
+        "both after the last step: {report}"
+    );
+    let fair = curve_point(&report, 1.0);
+    assert_eq!(fair["attributes"][1]["ks"].as_f64(), Some(ks(2, 1)));
+    // The sequential fit applied to the test rows alone (attribute columns in another order:
+    // they are matched by name) reproduces the report's outputs: the same MSE at alpha = 1.
+    let mut test_rows = String::from("group:race,prediction,group:sex,target\n");
+    for l in text.lines().skip(1).filter(|l| l.ends_with(",test")) {
+        let f: Vec<&str> = l.split(',').collect();
+        test_rows.push_str(&format!("{},{},{},{}\n", f[2], f[0], f[1], f[3]));
+    }
+    let test_file = write(&dir.join("two-test.csv"), &test_rows);
+    let applied = dir.join("two-applied.csv");
+    let out = fairrep(
+        &dir,
+        &[
+            "postprocess",
+            "--apply",
+            folder.join("fit.json").to_str().unwrap(),
+            "--predictions",
+            test_file.to_str().unwrap(),
+            "--out",
+            applied.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out);
+    let rows: Vec<Vec<String>> = std::fs::read_to_string(&applied)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "prediction",
+            "group:race",
+            "group:sex",
+            "target",
+            "postprocessed"
+        ]
+    );
+    let mse = rows[1..]
+        .iter()
+        .map(|r| {
+            let (y, p): (f64, f64) = (r[3].parse().unwrap(), r[4].parse().unwrap());
+            (p - y) * (p - y)
+        })
+        .sum::<f64>()
+        / (rows.len() - 1) as f64;
+    assert_eq!(Some(mse), fair["mse"].as_f64());
+    // Applying the sequential fit needs every attribute's column.
+    let one = write(&dir.join("one.csv"), "prediction,group:sex\n0.5,f\n");
+    let out = fairrep(
+        &dir,
+        &[
+            "postprocess",
+            "--apply",
+            folder.join("fit.json").to_str().unwrap(),
+            "--predictions",
+            one.to_str().unwrap(),
+            "--out",
+            dir.join("o.csv").to_str().unwrap(),
+        ],
+    );
+    assert_fails_with(&out, &["needs the column `group:race`", "group:sex"]);
 }

@@ -810,7 +810,19 @@ fn keep_rows(
                         );
                         f32::from(u8::from(eval_pred(t, cache, c, r, op, v)?))
                     }
-                    TaskKind::Regression => cache.get(t, c, r)? as f32,
+                    TaskKind::Regression => {
+                        let v = cache.get(t, c, r)?;
+                        match tk.transform {
+                            None => v as f32,
+                            Some(tr) => tr.apply(v).ok_or_else(|| DataError::BadCell {
+                                file: t.path.clone(),
+                                line: t.lines[r],
+                                column: t.columns[c].clone(),
+                                expected: tr.domain().into(),
+                                found: t.cell(c, r).to_string(),
+                            })? as f32,
+                        }
+                    }
                 });
             }
             kept.push(Kept {
@@ -1431,6 +1443,78 @@ mod tests {
         let c = &ds.preprocessing.numeric[1];
         assert_eq!(c.std, 1.0);
         assert!((0..ds.train.len()).all(|i| ds.train.x.row(i)[1] == 0.0));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn regression_targets_take_a_log_transform_and_refuse_values_outside_its_domain() {
+        let dir = std::env::temp_dir().join(format!("fairrep-load-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec_text = |transform: &str, kind: &str| {
+            format!(
+                "name = \"t\"\n[files]\ntrain = {{ path = \"t.csv\" }}\n[inputs]\nnumeric = \
+                 [\"a\"]\n[sensitive]\ncolumn = \"s\"\nthreshold = 1\n[[tasks]]\nname = \
+                 \"y\"\ncolumn = \"y\"\n{kind}transform = \"{transform}\"\n[split]\nkind = \
+                 \"random\"\n"
+            )
+        };
+        let opts = LoadOptions {
+            data_dir: dir.clone(),
+            ..LoadOptions::default()
+        };
+        let mut csv = String::from("a,s,y\n");
+        for i in 0..40 {
+            csv += &format!("{},{},{}\n", i % 5, i % 2, 1.5 + i as f64);
+        }
+        std::fs::write(dir.join("t.csv"), &csv).unwrap();
+        let mut seen = Vec::new();
+        for (name, f) in [("log", f64::ln as fn(f64) -> f64), ("log1p", f64::ln_1p)] {
+            let spec = crate::spec::parse_spec(
+                &spec_text(name, "kind = \"regression\"\n"),
+                &dir.join("t.toml"),
+            )
+            .unwrap();
+            let ds = load(&spec, &opts, Encoding::Fit).unwrap();
+            // Every loaded target is the transform of one raw value 1.5 + i (f32 rounding).
+            let mut got: Vec<f32> = [&ds.train, &ds.valid, &ds.test]
+                .iter()
+                .flat_map(|sp| sp.targets[0].iter().copied())
+                .collect();
+            got.sort_by(f32::total_cmp);
+            let want: Vec<f32> = (0..40).map(|i| f(1.5 + f64::from(i)) as f32).collect();
+            assert_eq!(got, want, "{name}");
+            seen.push(got[0]);
+        }
+        assert_ne!(seen[0], seen[1]);
+        // log refuses 0 and log1p refuses -1, naming the file, line and column.
+        for (name, bad) in [("log", "0"), ("log1p", "-1")] {
+            let mut text = csv.clone();
+            text += &format!("1,0,{bad}\n");
+            std::fs::write(dir.join("t.csv"), &text).unwrap();
+            let spec = crate::spec::parse_spec(
+                &spec_text(name, "kind = \"regression\"\n"),
+                &dir.join("t.toml"),
+            )
+            .unwrap();
+            let e = load(&spec, &opts, Encoding::Fit).unwrap_err().to_string();
+            assert!(e.contains("t.csv") && e.contains("line 42"), "{e}");
+            assert!(
+                e.contains("`y`") && e.contains(&format!("transform = \"{name}\"")),
+                "{e}"
+            );
+            assert!(e.contains(bad), "{e}");
+        }
+        // A transform on a binary task is refused when the spec is validated.
+        let e = crate::spec::parse_spec(
+            &spec_text("log", "op = \"==\"\nvalue = 1\n"),
+            &dir.join("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("tasks[0].transform") && e.contains("binary"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

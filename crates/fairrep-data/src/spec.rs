@@ -54,6 +54,8 @@
 //! name = "age"
 //! column = "age"
 //! kind = "regression"     # target = the column's numeric value (no op / value)
+//! # transform = "log"     # optional, regression only: "log" (value > 0) or "log1p" (value > -1);
+//!                         # a value outside the domain is an error naming the file, line and column
 //!
 //! [split]
 //! kind = "official"       # test file = test split; valid carved from train
@@ -424,6 +426,40 @@ pub struct TaskSpec {
     /// Right-hand side (binary tasks).
     #[serde(default)]
     pub value: Option<PredicateValue>,
+    /// Regression tasks: a transform of the column's value (e.g. `"log"` for log income).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<TargetTransform>,
+}
+
+/// A transform of a regression target, applied to each row's value when the data is loaded
+/// (so the head is trained on, and every metric is computed in, the transformed units).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetTransform {
+    /// Natural logarithm `ln(v)`; a value `<= 0` is an error naming the file, line and column.
+    Log,
+    /// `ln(1 + v)`; a value `<= -1` is an error naming the file, line and column.
+    Log1p,
+}
+
+impl TargetTransform {
+    /// The transformed value, or `None` when `v` is outside the transform's domain.
+    pub fn apply(self, v: f64) -> Option<f64> {
+        let out = match self {
+            TargetTransform::Log if v > 0.0 => v.ln(),
+            TargetTransform::Log1p if v > -1.0 => v.ln_1p(),
+            _ => return None,
+        };
+        out.is_finite().then_some(out)
+    }
+
+    /// What the transform accepts, for error messages.
+    pub fn domain(self) -> &'static str {
+        match self {
+            TargetTransform::Log => "a positive number (transform = \"log\")",
+            TargetTransform::Log1p => "a number greater than -1 (transform = \"log1p\")",
+        }
+    }
 }
 
 /// Kind of split.
@@ -659,6 +695,13 @@ impl DatasetSpec {
                 ));
             }
             match t.kind {
+                TaskKind::Binary if t.transform.is_some() => {
+                    return Err(self.invalid(
+                        format!("{key}.transform"),
+                        "no `transform` on a binary task (it applies to regression targets)",
+                        "a transform",
+                    ));
+                }
                 TaskKind::Binary => match (&t.op, &t.value) {
                     (Some(op), Some(v)) => check_predicate(self, &key, *op, v)?,
                     _ => {

@@ -102,7 +102,7 @@ pub use jitter::{Noise, seeded_draws};
 pub use metrics::{
     AlphaCurve, CurvePoint, RegressionMetrics, alpha_curve, default_alphas, regression_metrics,
 };
-pub use predictions::{PredictionsTable, parse_predictions_csv, read_predictions_csv};
+pub use predictions::{GroupColumn, PredictionsTable, parse_predictions_csv, read_predictions_csv};
 pub use sequential::{
     AttributeColumn, AttributeUnfairness, SequentialFit, SequentialOutput, SequentialPrediction,
     SequentialStep, StageUnfairness, fit_sequential,

@@ -5,28 +5,45 @@
 //! | column | required | content |
 //! | --- | --- | --- |
 //! | `prediction` | yes | the base prediction, a finite number |
-//! | `group` | yes | the sensitive group, a non-empty name |
+//! | `group` | yes (or `group:NAME`) | the sensitive group, a non-empty name |
+//! | `group:NAME` | instead of `group` | the group for attribute `NAME`; one or more columns |
 //! | `target` | no | the true value, a finite number (for MSE) |
 //! | `split` | no | a split name, e.g. `valid` (calibration) / `test` |
 //!
-//! Spaces around fields are trimmed. Other columns are errors (a misspelt `target` would
-//! otherwise be dropped silently). Every error names the file, the line and the column.
+//! Several sensitive attributes are given as several `group:NAME` columns (e.g. `group:sex`,
+//! `group:race`), in the order the attributes are to be made fair (header order; see
+//! [`crate::sequential`]); a file has either one `group` column (attribute `group`) or
+//! `group:NAME` columns, not both. Spaces around fields are trimmed. Other columns are errors
+//! (a misspelt `target` would otherwise be dropped silently). Every error names the file, the
+//! line and the column.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::PostprocessError;
 
-/// The columns a predictions file may have.
+/// The columns a predictions file may have (besides `group:NAME` columns).
 pub const PREDICTION_COLUMNS: [&str; 4] = ["prediction", "group", "target", "split"];
+
+/// Prefix of the group columns of several attributes (`group:sex`).
+pub const GROUP_COLUMN_PREFIX: &str = "group:";
+
+/// One sensitive attribute's column of a predictions file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupColumn {
+    /// The attribute: `group` for the plain `group` column, `NAME` for `group:NAME`.
+    pub name: String,
+    /// The group of every row.
+    pub groups: Vec<String>,
+}
 
 /// The rows of a predictions file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PredictionsTable {
     /// The `prediction` column.
     pub predictions: Vec<f64>,
-    /// The `group` column.
-    pub groups: Vec<String>,
+    /// The group columns, in header order (one for a `group` column); never empty.
+    pub attributes: Vec<GroupColumn>,
     /// The `target` column, when present.
     pub targets: Option<Vec<f64>>,
     /// The `split` column, when present.
@@ -46,6 +63,11 @@ impl PredictionsTable {
     /// Whether there are no rows.
     pub fn is_empty(&self) -> bool {
         self.predictions.is_empty()
+    }
+
+    /// The groups of the first (with a `group` column, the only) attribute.
+    pub fn groups(&self) -> &[String] {
+        &self.attributes[0].groups
     }
 
     /// The rows whose `split` is `split`, in file order. Errors when the file has no `split`
@@ -77,7 +99,14 @@ impl PredictionsTable {
         let pick_s = |v: &Vec<String>| keep.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
         Ok(PredictionsTable {
             predictions: pick_f(&self.predictions),
-            groups: pick_s(&self.groups),
+            attributes: self
+                .attributes
+                .iter()
+                .map(|a| GroupColumn {
+                    name: a.name.clone(),
+                    groups: pick_s(&a.groups),
+                })
+                .collect(),
             targets: self.targets.as_ref().map(pick_f),
             splits: Some(pick_s(splits)),
             lines: keep.iter().map(|&i| self.lines[i]).collect(),
@@ -153,12 +182,37 @@ pub fn parse_predictions_csv<R: Read>(
         ));
     }
     let mut pos: [Option<usize>; 4] = [None; 4];
+    // (attribute name, column index) of the `group:NAME` columns, in header order.
+    let mut named: Vec<(String, usize)> = Vec::new();
     for (j, name) in header.iter().enumerate() {
+        if let Some(attr) = name.strip_prefix(GROUP_COLUMN_PREFIX) {
+            if attr.is_empty() {
+                return Err(err(
+                    1,
+                    Some(name),
+                    "an attribute name after `group:`".into(),
+                    "none".into(),
+                ));
+            }
+            if named.iter().any(|(a, _)| a == attr) {
+                return Err(err(
+                    1,
+                    Some(name),
+                    "each column once".into(),
+                    format!("`{name}` twice"),
+                ));
+            }
+            named.push((attr.to_string(), j));
+            continue;
+        }
         let Some(k) = PREDICTION_COLUMNS.iter().position(|c| *c == name) else {
             return Err(err(
                 1,
                 Some(name),
-                format!("one of the columns {}", PREDICTION_COLUMNS.join(", ")),
+                format!(
+                    "one of the columns {} or `group:NAME`",
+                    PREDICTION_COLUMNS.join(", ")
+                ),
                 format!("an unknown column `{name}`"),
             ));
         };
@@ -172,16 +226,29 @@ pub fn parse_predictions_csv<R: Read>(
         }
         pos[k] = Some(j);
     }
-    let (Some(ip), Some(ig)) = (pos[0], pos[1]) else {
-        let missing: Vec<&str> = [0, 1]
-            .iter()
-            .filter(|&&k| pos[k].is_none())
-            .map(|&k| PREDICTION_COLUMNS[k])
-            .collect();
+    if let (Some(_), Some((attr, _))) = (pos[1], named.first()) {
+        return Err(err(
+            1,
+            Some(&format!("{GROUP_COLUMN_PREFIX}{attr}")),
+            "either one `group` column or `group:NAME` columns".into(),
+            "both".into(),
+        ));
+    }
+    if let Some(ig) = pos[1] {
+        named.push(("group".into(), ig));
+    }
+    let (Some(ip), false) = (pos[0], named.is_empty()) else {
+        let mut missing: Vec<&str> = Vec::new();
+        if pos[0].is_none() {
+            missing.push("prediction");
+        }
+        if named.is_empty() {
+            missing.push("group");
+        }
         return Err(err(
             1,
             None,
-            "the columns `prediction` and `group` in the header".into(),
+            "the columns `prediction` and `group` (or `group:NAME`) in the header".into(),
             format!(
                 "a header without {} (columns: {})",
                 missing.join(", "),
@@ -192,7 +259,13 @@ pub fn parse_predictions_csv<R: Read>(
     let (it, is) = (pos[2], pos[3]);
     let mut t = PredictionsTable {
         predictions: Vec::new(),
-        groups: Vec::new(),
+        attributes: named
+            .iter()
+            .map(|(a, _)| GroupColumn {
+                name: a.clone(),
+                groups: Vec::new(),
+            })
+            .collect(),
         targets: it.map(|_| Vec::new()),
         splits: is.map(|_| Vec::new()),
         lines: Vec::new(),
@@ -225,7 +298,9 @@ pub fn parse_predictions_csv<R: Read>(
         let rec = rec.map_err(csv_err)?;
         let line = rec.position().map_or(0, |p| p.line());
         t.predictions.push(number(line, "prediction", &rec[ip])?);
-        t.groups.push(name(line, "group", &rec[ig])?);
+        for ((_, j), a) in named.iter().zip(t.attributes.iter_mut()) {
+            a.groups.push(name(line, &header[*j], &rec[*j])?);
+        }
         if let (Some(j), Some(v)) = (it, t.targets.as_mut()) {
             v.push(number(line, "target", &rec[j])?);
         }
@@ -257,7 +332,9 @@ mod tests {
     fn reads_columns_in_any_order() {
         let t = parse("group, split ,prediction,target\na,valid,0.5,1\nb,test,-2e-3,0\n").unwrap();
         assert_eq!(t.predictions, vec![0.5, -0.002]);
-        assert_eq!(t.groups, vec!["a", "b"]);
+        assert_eq!(t.groups(), ["a", "b"]);
+        assert_eq!(t.attributes.len(), 1);
+        assert_eq!(t.attributes[0].name, "group");
         assert_eq!(t.targets, Some(vec![1.0, 0.0]));
         assert_eq!(t.lines, vec![2, 3]);
         let v = t.split("test").unwrap();
@@ -271,6 +348,18 @@ mod tests {
         let t = parse("prediction,group\n1,a\n").unwrap();
         assert!(t.targets.is_none() && t.splits.is_none());
         assert!(t.require_targets().is_err());
+    }
+
+    #[test]
+    fn reads_several_attributes_in_header_order() {
+        let t = parse("group:sex,prediction,split,group:race\nf,1,valid,x\nm,2,test,y\n").unwrap();
+        let names: Vec<&str> = t.attributes.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["sex", "race"]);
+        assert_eq!(t.attributes[1].groups, ["x", "y"]);
+        assert_eq!(t.groups(), ["f", "m"]);
+        let v = t.split("test").unwrap();
+        assert_eq!(v.attributes[0].groups, ["m"]);
+        assert_eq!(v.attributes[1].groups, ["y"]);
     }
 
     #[test]
@@ -290,11 +379,11 @@ mod tests {
             ),
             (
                 "prediction,group,targte\n1,a,2\n",
-                "p.csv, line 1, column `targte`: expected one of the columns prediction, group, target, split, found an unknown column `targte`",
+                "p.csv, line 1, column `targte`: expected one of the columns prediction, group, target, split or `group:NAME`, found an unknown column `targte`",
             ),
             (
                 "prediction,target\n1,2\n",
-                "p.csv, line 1: expected the columns `prediction` and `group` in the header, found a header without group (columns: prediction, target)",
+                "p.csv, line 1: expected the columns `prediction` and `group` (or `group:NAME`) in the header, found a header without group (columns: prediction, target)",
             ),
             (
                 "prediction,group\n1,a\n2,b,3\n",
@@ -303,6 +392,22 @@ mod tests {
             (
                 "prediction,group\n",
                 "p.csv, line 2: expected at least one data row after the header, found none",
+            ),
+            (
+                "prediction,group,group:sex\n1,a,b\n",
+                "p.csv, line 1, column `group:sex`: expected either one `group` column or `group:NAME` columns, found both",
+            ),
+            (
+                "prediction,group:,target\n1,a,2\n",
+                "p.csv, line 1, column `group:`: expected an attribute name after `group:`, found none",
+            ),
+            (
+                "prediction,group:sex,group:sex\n1,a,b\n",
+                "p.csv, line 1, column `group:sex`: expected each column once, found `group:sex` twice",
+            ),
+            (
+                "prediction,group:sex,group:race\n1,a,\n",
+                "p.csv, line 2, column `group:race`: expected a non-empty name, found an empty field",
             ),
             (
                 "prediction,group,group\n1,a,b\n",

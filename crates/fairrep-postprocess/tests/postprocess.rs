@@ -699,7 +699,7 @@ fn predictions_file_end_to_end() {
     assert_eq!(test.lines[0], 2);
     let bf = fit(
         &valid.predictions,
-        &valid.groups,
+        valid.groups(),
         &FitOptions::new(1e-6),
         Noise::Seeded(0),
     )
@@ -707,7 +707,7 @@ fn predictions_file_end_to_end() {
     let curve = alpha_curve(
         &bf,
         &test.predictions,
-        &test.groups,
+        test.groups(),
         test.require_targets().unwrap(),
         &default_alphas(),
         Noise::Seeded(1),
@@ -724,7 +724,7 @@ fn predictions_file_end_to_end() {
     let e = alpha_curve(
         &bf,
         &test.predictions,
-        &test.groups,
+        test.groups(),
         &test.predictions,
         &[0.5, 1.2],
         Noise::Seeded(1),
@@ -830,8 +830,15 @@ fn regression_specs_load() {
     assert_eq!(names, vec!["White", "non_White"]);
     assert!(ds.schema.inputs.iter().all(|i| i.column != "race"));
 
-    // ACS income regression: the ACSIncome population, raw PINCP in dollars.
+    // ACS income regression: the ACSIncome population, log income ln(PINCP) with
+    // PINCP > 100 dollars (and below 10^7).
     let ds = load_spec("acs_income_regression", &data);
     assert_eq!(rows(&ds), 2321);
-    assert!(ds.train.targets[0].iter().all(|&y| y > 100.0));
+    assert_eq!(ds.task_names(), vec!["log_income"]);
+    let lo = 100f32.ln();
+    assert!(
+        ds.train.targets[0]
+            .iter()
+            .all(|&y| y > lo && y < 7.0 * 10f32.ln())
+    );
 }

@@ -42,6 +42,13 @@ pub struct TaskEval {
     /// Kolmogorov-Smirnov distance between the groups' score (or prediction) distributions.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ks: Option<f64>,
+    /// Regression: root mean squared error (`sqrt(loss)`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rmse: Option<f64>,
+    /// Regression: Wasserstein-1 distance between the groups' prediction distributions (max
+    /// over pairs of groups), in the target's units.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub w1: Option<f64>,
 }
 
 /// The penalty measured on a (subsampled) split.
@@ -234,17 +241,24 @@ pub fn evaluate(
                     .ok(),
                     auc: metrics::auc(&scores, targets).ok(),
                     ks: metrics::ks_distance(&scores, &split.groups, n_groups).ok(),
+                    rmse: None,
+                    w1: None,
                 }
             }
-            TaskKind::Regression => TaskEval {
-                loss: metrics::mse(out, targets).map_err(metric)?,
-                accuracy: None,
-                dp_gap: None,
-                eo_gap: None,
-                eopp_gap: None,
-                auc: None,
-                ks: metrics::ks_distance(out, &split.groups, n_groups).ok(),
-            },
+            TaskKind::Regression => {
+                let mse = metrics::mse(out, targets).map_err(metric)?;
+                TaskEval {
+                    loss: mse,
+                    accuracy: None,
+                    dp_gap: None,
+                    eo_gap: None,
+                    eopp_gap: None,
+                    auc: None,
+                    ks: metrics::ks_distance(out, &split.groups, n_groups).ok(),
+                    rmse: Some(mse.sqrt()),
+                    w1: metrics::w1_distance(out, &split.groups, n_groups).ok(),
+                }
+            }
         };
         loss_sum += eval.loss;
         tasks.insert(info.name.clone(), eval);

@@ -12,6 +12,7 @@ mod divergence;
 mod eval;
 mod export;
 mod ferm;
+mod postprocess;
 mod train;
 mod transfer;
 
@@ -24,6 +25,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),
         Command::Export(args) => export::run(args).map(|()| ExitCode::SUCCESS),
         Command::Ferm(args) => ferm::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Postprocess(args) => postprocess::run(args).map(|()| ExitCode::SUCCESS),
     }
 }
 
