@@ -11,6 +11,7 @@ use crate::cli::{Cli, Command};
 mod divergence;
 mod eval;
 mod export;
+mod sweep;
 mod train;
 mod transfer;
 
@@ -22,6 +23,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Transfer(args) => transfer::run(args).map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),
         Command::Export(args) => export::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Sweep(args) => sweep::run(args),
     }
 }
 
