@@ -44,7 +44,7 @@ pub enum SweepError {
         /// Which overrides (`the axis penalty.lambda = 2`, ...).
         what: String,
         /// The training config's error (names the key).
-        source: ConfigError,
+        source: Box<ConfigError>,
     },
     /// `--shard I/N` is malformed or out of range.
     #[error("bad shard `{shard}`: {message}")]

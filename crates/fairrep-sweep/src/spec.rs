@@ -368,7 +368,7 @@ impl SweepPlan {
                     TrainConfig::load(&base, &args).map_err(|source| SweepError::Config {
                         path: path.to_path_buf(),
                         what: what.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 let mut resolved = config.file;
                 let id = short_hash(&identity(&resolved, Some(seed)));
