@@ -361,3 +361,20 @@ fn fronts_and_rules_choose_on_validation_only() {
         "{md}"
     );
 }
+
+#[test]
+fn every_shipped_sweep_plans() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/sweeps");
+    let out = scratch("shipped");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let plan = SweepPlan::load(&path, Some(&out))
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(!plan.runs.is_empty());
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "no sweep in {}", dir.display());
+}
