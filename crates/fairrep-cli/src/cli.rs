@@ -45,6 +45,9 @@ pub(crate) enum Command {
     /// predictions CSV: fits on the calibration rows, prints the risk / unfairness curve over
     /// alpha, writes fit.json, report.json and curve.svg; or applies a saved fit (--apply).
     Postprocess(PostprocessArgs),
+    /// Run a sweep (a base config, axes, seeds) as resumable runs, then write results.csv,
+    /// results.jsonl, the validation front plot and report; `sweep collect DIR` merges shards.
+    Sweep(SweepArgs),
 }
 
 /// `--device`.
@@ -293,6 +296,8 @@ pub(crate) struct FermArgs {
     /// One seed (overrides run.seeds).
     #[arg(long)]
     pub(crate) seed: Option<u64>,
+}
+
 /// `fairrep postprocess`.
 #[derive(Debug, Args)]
 pub(crate) struct PostprocessArgs {
@@ -343,4 +348,75 @@ pub(crate) struct PostprocessArgs {
     /// (required).
     #[arg(long, value_name = "PATH")]
     pub(crate) out: Option<PathBuf>,
+}
+
+/// `fairrep sweep`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub(crate) struct SweepArgs {
+    /// `collect DIR`: merge the finished runs of a sweep directory (all shards) and draw the
+    /// front.
+    #[command(subcommand)]
+    pub(crate) action: Option<SweepAction>,
+    /// The sweep file (TOML).
+    #[arg(required = true)]
+    pub(crate) file: Option<PathBuf>,
+    /// The sweep directory (overrides the file's out_dir; default sweeps/STEM).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: Option<PathBuf>,
+    /// Runs trained at once on this machine, each its own `fairrep train` process.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) jobs: u64,
+    /// Run only shard I of N (runs i with i % N == I). Default: SLURM_ARRAY_TASK_ID /
+    /// SLURM_ARRAY_TASK_COUNT when set, else the whole sweep.
+    #[arg(long, value_name = "I/N")]
+    pub(crate) shard: Option<String>,
+    /// Folder with the real datasets (else $FAIRREP_DATA_DIR).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Write a scheduler script instead of running: `slurm` writes an sbatch array script.
+    #[arg(long, value_enum)]
+    pub(crate) emit: Option<EmitKind>,
+    /// --emit: where to write the script (default DIR/sweep.sbatch).
+    #[arg(long, value_name = "FILE", requires = "emit")]
+    pub(crate) script: Option<PathBuf>,
+    /// --emit: array tasks (default: one per run, so one log per run).
+    #[arg(long, requires = "emit", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) tasks: Option<u64>,
+    /// --emit: at most this many array tasks at once (`--array=0-N%K`).
+    #[arg(long, value_name = "K", requires = "emit", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) parallel: Option<u64>,
+    /// --emit: CPUs per task.
+    #[arg(long, default_value_t = 1, requires = "emit", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) cpus_per_task: u64,
+    /// --emit: memory per task (sbatch --mem, e.g. 4G).
+    #[arg(long, requires = "emit")]
+    pub(crate) mem: Option<String>,
+    /// --emit: time limit per task (sbatch --time, e.g. 01:00:00).
+    #[arg(long, requires = "emit")]
+    pub(crate) time: Option<String>,
+    /// --emit: partition.
+    #[arg(long, requires = "emit")]
+    pub(crate) partition: Option<String>,
+    /// --emit: generic resources per task (sbatch --gres, e.g. gpu:1).
+    #[arg(long, requires = "emit")]
+    pub(crate) gres: Option<String>,
+}
+
+/// What `fairrep sweep --emit` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum EmitKind {
+    /// An sbatch array script.
+    Slurm,
+}
+
+/// The subcommands of `fairrep sweep`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum SweepAction {
+    /// Merge a sweep directory's finished runs (from any shards) into results.csv and
+    /// results.jsonl, and write the front plot and the report.
+    Collect {
+        /// The sweep directory.
+        dir: PathBuf,
+    },
 }

@@ -1500,6 +1500,10 @@ fn ferm_config_on(dir: &Path, spec: &Path, task: &str, extra: &str) -> PathBuf {
              \"logistic\", \"rbf\", \"linear_kernel\"]\n[selection]\nfolds = 3\n[run]\nout_dir \
              = \"out\"\n{extra}",
             spec.display()
+        ),
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // `fairrep postprocess`
 // ---------------------------------------------------------------------------------------------

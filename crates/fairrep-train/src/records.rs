@@ -71,6 +71,21 @@ pub struct EpochRecord {
     pub objective: f64,
     /// Wall time of the epoch (training and validation).
     pub seconds: f64,
+    /// With `penalty.target`: the lambda this epoch trained with.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lambda: Option<f64>,
+    /// With `penalty.target`: the constrained metric on validation after this epoch.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub constraint: Option<ConstraintRecord>,
+}
+
+/// The constrained validation metric of one epoch (`penalty.target`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConstraintRecord {
+    /// Its value on the validation split.
+    pub value: f64,
+    /// Whether it meets the target (`value <= target`).
+    pub met: bool,
 }
 
 /// A split's results in `summary.json`.
@@ -117,8 +132,11 @@ pub struct Summary {
     /// computed on (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub penalty_task: Option<String>,
-    /// The penalty weight.
+    /// The penalty weight (with `penalty.target`, the one the best epoch trained with).
     pub lambda: f64,
+    /// With `penalty.target`: whether the best epoch meets the target on validation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_met: Option<bool>,
     /// The run seed.
     pub seed: u64,
     /// The device, in words.

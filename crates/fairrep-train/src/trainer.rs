@@ -22,6 +22,10 @@
 //! best epoch is the one with the lowest `valid task loss + lambda * valid penalty` (the
 //! validation objective; the earliest wins ties). The test split is evaluated once, at the
 //! end, with the best epoch's weights.
+//!
+//! **Fairness target** (`penalty.target`): lambda is adapted after every epoch by the dual step
+//! [`next_lambda`] from the constrained metric on validation ([`constraint_value`]); the best
+//! epoch is then the lowest validation task loss among the epochs meeting the target.
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -38,15 +42,15 @@ use fairrep_model::{FairModel, FairModelConfig};
 use tracing::{debug, info, warn};
 
 use crate::checkpoint::{self, CheckpointError, RunLock};
-use crate::config::{ConfigError, OptimConfig, OptimKind, TrainConfig};
+use crate::config::{ConfigError, OptimConfig, OptimKind, Target, TargetMetric, TrainConfig};
 use crate::data::{LoadError, load_dataset};
 use crate::device::{DeviceError, SelectedDevice, select_device};
-use crate::eval::{EvalError, evaluate, rows_tensor};
+use crate::eval::{EvalError, SplitEval, evaluate, rows_tensor};
 use crate::losses::{bce_with_logits, mse};
 use crate::plot::training_curves;
 use crate::records::{
-    BURN_VERSION, BestEpoch, CONFIG_FILE, CURVES_FILE, EpochRecord, MANIFEST_FORMAT, Manifest,
-    SUMMARY_FILE, Summary, TrainLosses, TrainPenaltyDiagnostics,
+    BURN_VERSION, BestEpoch, CONFIG_FILE, CURVES_FILE, ConstraintRecord, EpochRecord,
+    MANIFEST_FORMAT, Manifest, SUMMARY_FILE, Summary, TrainLosses, TrainPenaltyDiagnostics,
 };
 use crate::run_dir::{append_metrics, create_run_dir, write_metrics_file};
 
@@ -265,6 +269,8 @@ struct Session {
     run_dir: PathBuf,
     history: Vec<EpochRecord>,
     best: Option<BestEpoch>,
+    /// The penalty weight of the next epoch (adapted after every epoch with `penalty.target`).
+    lambda: f64,
     start_epoch: usize,
     train_seconds: f64,
     run_id: String,
@@ -326,6 +332,33 @@ impl Session {
                 }));
             }
         }
+        if let Some(target) = &cfg.penalty.target
+            && target.metric == TargetMetric::DpGap
+        {
+            let binary: Vec<&str> = dataset
+                .schema
+                .tasks
+                .iter()
+                .filter(|t| t.kind == TaskKind::Binary)
+                .map(|t| t.name.as_str())
+                .collect();
+            let problem = match &target.task {
+                Some(task) if !binary.contains(&task.as_str()) => Some(format!(
+                    "task = `{task}` is not a binary task trained on; those are {binary:?}"
+                )),
+                None if binary.is_empty() => {
+                    Some("metric = \"dp_gap\" needs a binary task; none is trained on".into())
+                }
+                _ => None,
+            };
+            if let Some(message) = problem {
+                return Err(TrainError::Config(ConfigError::Invalid {
+                    path: cfg.source.clone(),
+                    key: "penalty.target".into(),
+                    message,
+                }));
+            }
+        }
         // A batch never holds more than the training split.
         let batch_rows = cfg.data.batch_size.min(dataset.train.len().max(1));
         check_model_memory(&model_cfg, batch_rows, &cfg.source)?;
@@ -349,7 +382,9 @@ impl Session {
                 } else {
                     r.manifest.run_id.clone()
                 };
+                let lambda = resumed_lambda(&cfg, &r.manifest.history);
                 Session {
+                    lambda,
                     run_dir: r.run_dir,
                     history: r.manifest.history,
                     best: r.manifest.best,
@@ -377,6 +412,7 @@ impl Session {
                     std::process::id()
                 );
                 Session {
+                    lambda: cfg.penalty.lambda,
                     run_dir: dir,
                     history: Vec::new(),
                     best: None,
@@ -441,7 +477,7 @@ impl Session {
         let n_batches = batches.len();
         let kinds: Vec<TaskKind> = self.dataset.schema.tasks.iter().map(|t| t.kind).collect();
         let n_tasks = kinds.len();
-        let lambda = self.cfg.penalty.lambda;
+        let lambda = self.lambda;
         let train_divergence = self.cfg.penalty.trained().cloned();
         let mut loss_sum = 0.0;
         let mut task_sums: Vec<Option<Tensor<1>>> = vec![None; n_tasks];
@@ -592,7 +628,7 @@ impl Session {
             &self.selected.device,
             EVAL_SEED,
         )?;
-        let objective = valid.objective(self.cfg.penalty.lambda);
+        let objective = valid.objective(self.lambda);
         let penalty = valid.penalty.as_ref().map_or(0.0, |p| p.value);
         if let Some((what, value)) = [("task loss", valid.task_loss), ("penalty", penalty)]
             .into_iter()
@@ -605,6 +641,22 @@ impl Session {
                 last: self.last_checkpoint(),
             });
         }
+        let constraint = match &self.cfg.penalty.target {
+            Some(target) => {
+                let value = constraint_value(&valid, target).map_err(|message| {
+                    TrainError::Config(ConfigError::Invalid {
+                        path: self.cfg.source.clone(),
+                        key: "penalty.target".into(),
+                        message,
+                    })
+                })?;
+                Some(ConstraintRecord {
+                    value,
+                    met: value <= target.value,
+                })
+            }
+            None => None,
+        };
         let seconds = started.elapsed().as_secs_f64();
         self.train_seconds += seconds;
         let record = EpochRecord {
@@ -614,6 +666,8 @@ impl Session {
             valid,
             objective,
             seconds,
+            lambda: self.cfg.penalty.target.as_ref().map(|_| self.lambda),
+            constraint,
         };
         append_metrics(&self.run_dir, &record)?;
         let per_epoch = session_start.elapsed().as_secs_f64() / (number - self.start_epoch) as f64;
@@ -621,14 +675,42 @@ impl Session {
             "{}",
             epoch_line(&record, epochs, per_epoch * (epochs - number) as f64)
         );
+        // With a target: the feasible epochs first, by validation task loss; the others by how
+        // far they are from the target.
+        let (rank, selection) = match &record.constraint {
+            Some(c) if c.met => (0, record.valid.task_loss),
+            Some(c) => (1, c.value),
+            None => (0, objective),
+        };
+        let best_rank = |b: &BestEpoch| {
+            self.history
+                .iter()
+                .find(|r| r.epoch == b.epoch)
+                .and_then(|r| r.constraint.as_ref())
+                .map_or(0, |c| usize::from(!c.met))
+        };
+        let is_best = self
+            .best
+            .as_ref()
+            .is_none_or(|b| (rank, selection) < (best_rank(b), b.objective));
+        if let (Some(target), Some(c)) = (&self.cfg.penalty.target, &record.constraint) {
+            let next = next_lambda(self.lambda, c.value, target);
+            info!(
+                "epoch {number}: validation {} {:.4} (target {}); lambda {:.4} -> {next:.4}",
+                target_name(target),
+                c.value,
+                target.value,
+                self.lambda
+            );
+            self.lambda = next;
+        }
         self.history.push(record);
         self.write_curves();
 
-        let is_best = self.best.as_ref().is_none_or(|b| objective < b.objective);
         if is_best {
             self.best = Some(BestEpoch {
                 epoch: number,
-                objective,
+                objective: selection,
                 checkpoint: checkpoint::checkpoint_name(number),
             });
         }
@@ -673,12 +755,14 @@ impl Session {
             &self.selected.device,
             EVAL_SEED,
         )?;
-        let best_valid = self
+        let best_record = self
             .history
             .iter()
             .find(|r| r.epoch == best.epoch)
-            .map(|r| r.valid.clone())
             .expect("the best epoch is in the history");
+        let best_valid = best_record.valid.clone();
+        let best_lambda = best_record.lambda.unwrap_or(self.cfg.penalty.lambda);
+        let target_met = best_record.constraint.as_ref().map(|c| c.met);
         let summary = Summary {
             test: test.into(),
             valid: best_valid.into(),
@@ -689,7 +773,8 @@ impl Session {
             penalty_task: self
                 .condition_task
                 .map(|t| self.dataset.schema.tasks[t].name.clone()),
-            lambda: self.cfg.penalty.lambda,
+            lambda: best_lambda,
+            target_met,
             seed: self.cfg.seed(),
             device: self.selected.description.clone(),
             wall_seconds: wall.elapsed().as_secs_f64(),
@@ -954,6 +1039,67 @@ fn json_difference(
             };
             Some(format!("{path}: checkpoint {}, data {}", show(a), show(b)))
         }
+    }
+}
+
+/// The name of a target's metric, for logs.
+fn target_name(target: &Target) -> String {
+    match (target.metric, &target.task) {
+        (TargetMetric::DpGap, Some(task)) => format!("DP gap of `{task}`"),
+        (TargetMetric::DpGap, None) => "largest DP gap".into(),
+        (TargetMetric::Penalty, _) => "penalty".into(),
+    }
+}
+
+/// The constrained metric of `penalty.target` on a split: the DP gap of `task` (else the
+/// largest over the binary tasks), or the penalty. `Err` names what is missing.
+pub fn constraint_value(valid: &SplitEval, target: &Target) -> Result<f64, String> {
+    match (target.metric, &target.task) {
+        (TargetMetric::DpGap, Some(task)) => {
+            valid.tasks.get(task).and_then(|t| t.dp_gap).ok_or_else(|| {
+                format!(
+                    "task `{task}` has no DP gap (the binary tasks trained on are {:?})",
+                    valid
+                        .tasks
+                        .iter()
+                        .filter(|(_, t)| t.dp_gap.is_some())
+                        .map(|(n, _)| n)
+                        .collect::<Vec<_>>()
+                )
+            })
+        }
+        (TargetMetric::DpGap, None) => valid
+            .tasks
+            .values()
+            .filter_map(|t| t.dp_gap)
+            .reduce(f64::max)
+            .ok_or_else(|| "metric = \"dp_gap\" needs a binary task; none is trained on".into()),
+        (TargetMetric::Penalty, _) => valid
+            .penalty
+            .as_ref()
+            .map(|p| p.value)
+            .ok_or_else(|| "the validation penalty was not measured".into()),
+    }
+}
+
+/// One dual step of `penalty.target` (docs/MATH.md): `lambda * exp(step * clip((g - k) / k,
+/// -1, 1))`, clamped to `[lambda_min, lambda_max]`, where `g` is the constrained metric on
+/// validation and `k` the target: at most a factor `e^step` per epoch.
+pub fn next_lambda(lambda: f64, g: f64, target: &Target) -> f64 {
+    let k = target.value;
+    let violation = ((g - k) / k).clamp(-1.0, 1.0);
+    (lambda * (target.step * violation).exp()).clamp(target.lambda_min, target.lambda_max)
+}
+
+/// The lambda a resumed run continues with: the configured one, or with a target the step
+/// after the last recorded epoch (so the trajectory replays exactly).
+fn resumed_lambda(cfg: &TrainConfig, history: &[EpochRecord]) -> f64 {
+    match (&cfg.penalty.target, history.last()) {
+        (Some(target), Some(last)) => match (last.lambda, &last.constraint) {
+            (Some(lambda), Some(c)) => next_lambda(lambda, c.value, target),
+            _ => cfg.penalty.lambda,
+        },
+        _ => cfg.penalty.lambda,
     }
 }
 

@@ -13,6 +13,7 @@ mod eval;
 mod export;
 mod ferm;
 mod postprocess;
+mod sweep;
 mod train;
 mod transfer;
 
@@ -26,6 +27,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export(args) => export::run(args).map(|()| ExitCode::SUCCESS),
         Command::Ferm(args) => ferm::run(args).map(|()| ExitCode::SUCCESS),
         Command::Postprocess(args) => postprocess::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Sweep(args) => sweep::run(args),
     }
 }
 

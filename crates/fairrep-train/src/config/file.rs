@@ -163,6 +163,9 @@ pub struct PenaltySection {
     pub mmd: MmdSection,
     /// `[penalty.sinkhorn]`.
     pub sinkhorn: SinkhornSection,
+    /// `penalty.target`: adapt lambda to reach a validation target (none by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetSection>,
 }
 
 /// `penalty.condition`.
@@ -186,10 +189,57 @@ impl Default for PenaltySection {
             task: None,
             mmd: MmdSection::default(),
             sinkhorn: SinkhornSection::default(),
+            target: None,
         }
     }
 }
 
+/// `penalty.target.metric`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetMetric {
+    /// The largest validation DP gap over the binary tasks (or of `task`).
+    #[default]
+    DpGap,
+    /// The validation penalty.
+    Penalty,
+}
+
+/// `penalty.target`: `{ metric, value }` and the dual step. Every key has a default but
+/// `value`, which validation requires (so that `--set penalty.target.value=...` can be given
+/// alone).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetSection {
+    /// What is constrained. Default `dp_gap`.
+    pub metric: TargetMetric,
+    /// The bound k: `dp_gap` in (0, 1], `penalty` positive. Required.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// With `metric = "dp_gap"`: the task whose gap is constrained (default: every binary
+    /// task, through the largest gap).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// The dual step size (positive). Default `1.0`.
+    pub step: f64,
+    /// Lower bound of lambda, positive. Default `1e-3`.
+    pub lambda_min: f64,
+    /// Upper bound of lambda, at least `lambda_min`. Default `1e4`.
+    pub lambda_max: f64,
+}
+
+impl Default for TargetSection {
+    fn default() -> Self {
+        Self {
+            metric: TargetMetric::DpGap,
+            value: None,
+            task: None,
+            step: 1.0,
+            lambda_min: 1e-3,
+            lambda_max: 1e4,
+        }
+    }
+}
 /// `penalty.mmd.bandwidths`: a list of numbers or `"median"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(

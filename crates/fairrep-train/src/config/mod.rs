@@ -16,7 +16,7 @@ pub mod read;
 pub use file::{
     BandwidthSpec, ConditionName, ConfigFile, DataSection, EstimatorName, HeadSection, MmdSection,
     ModelSection, OptimKind, OptimSection, PenaltyKind, PenaltySection, RESUMABLE_KEYS, RunSection,
-    SYNTHETIC, ScheduleKind, SinkhornSection,
+    SYNTHETIC, ScheduleKind, SinkhornSection, TargetMetric, TargetSection,
 };
 pub use read::{apply_overrides, config_from_str, parse_config, read_config, read_config_file};
 
@@ -200,6 +200,8 @@ pub struct PenaltyConfig {
     pub eval_max_points: usize,
     /// The rows the penalty is computed on.
     pub condition: PenaltyCondition,
+    /// The validation target that adapts lambda (`penalty.target`).
+    pub target: Option<Target>,
 }
 
 /// The rows the penalty matches across groups (`penalty.condition`, `penalty.task`).
@@ -245,6 +247,23 @@ impl PenaltyConfig {
             Some(t) => Ok(Some(t)),
         }
     }
+}
+
+/// Validated `penalty.target`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// What is constrained.
+    pub metric: TargetMetric,
+    /// The bound k.
+    pub value: f64,
+    /// The task of a `dp_gap` target (`None`: the largest gap over the binary tasks).
+    pub task: Option<String>,
+    /// The dual step size.
+    pub step: f64,
+    /// Lower bound of lambda.
+    pub lambda_min: f64,
+    /// Upper bound of lambda.
+    pub lambda_max: f64,
 }
 
 impl PenaltyConfig {
@@ -590,11 +609,81 @@ impl PenaltySection {
                 PenaltyCondition::Positive { task: task.clone() }
             }
         };
+        let mut target = None;
+        if let Some(t) = &self.target {
+            let Some(value) = t.value else {
+                return Err(invalid.at(
+                    "penalty.target.value",
+                    "is required: the bound k of the target (e.g. 0.05)".into(),
+                ));
+            };
+            let (lo, hi, range) = match t.metric {
+                TargetMetric::DpGap => (0.0, 1.0, "in (0, 1] (a DP gap)"),
+                TargetMetric::Penalty => (0.0, f64::INFINITY, "positive and finite (a penalty)"),
+            };
+            if !(value.is_finite() && value > lo && value <= hi) {
+                return Err(invalid.at(
+                    "penalty.target.value",
+                    format!("must be {range}, found {value}"),
+                ));
+            }
+            if !(t.step.is_finite() && t.step > 0.0) {
+                return Err(invalid.at(
+                    "penalty.target.step",
+                    format!("must be positive, found {}", t.step),
+                ));
+            }
+            if !(t.lambda_min.is_finite()
+                && t.lambda_max.is_finite()
+                && t.lambda_min > 0.0
+                && t.lambda_min <= t.lambda_max)
+            {
+                return Err(invalid.at(
+                    "penalty.target",
+                    format!(
+                        "needs 0 < lambda_min <= lambda_max, found lambda_min = {}, lambda_max = {}",
+                        t.lambda_min, t.lambda_max
+                    ),
+                ));
+            }
+            if divergence.is_none() {
+                return Err(invalid.at(
+                    "penalty.target",
+                    "adapts the penalty's weight: set penalty.kind to \"mmd\" or \"sinkhorn\""
+                        .into(),
+                ));
+            }
+            if !(t.lambda_min..=t.lambda_max).contains(&self.lambda) {
+                return Err(invalid.at(
+                    "penalty.lambda",
+                    format!(
+                        "is the starting weight of penalty.target and must be in [lambda_min, \
+                         lambda_max] = [{}, {}], found {}",
+                        t.lambda_min, t.lambda_max, self.lambda
+                    ),
+                ));
+            }
+            if t.metric == TargetMetric::Penalty && t.task.is_some() {
+                return Err(invalid.at(
+                    "penalty.target.task",
+                    "applies to metric = \"dp_gap\" only".into(),
+                ));
+            }
+            target = Some(Target {
+                metric: t.metric,
+                value,
+                task: t.task.clone(),
+                step: t.step,
+                lambda_min: t.lambda_min,
+                lambda_max: t.lambda_max,
+            });
+        }
         Ok(PenaltyConfig {
             divergence,
             lambda: self.lambda,
             eval_max_points: self.eval_max_points,
             condition,
+            target,
         })
     }
 }
