@@ -407,21 +407,14 @@ impl BarycentreFit {
         Ok(fit)
     }
 
-    /// Writes [`BarycentreFit::to_json`] to `path`.
+    /// Writes [`BarycentreFit::to_json`] to `path` atomically.
     pub fn save_json(&self, path: &Path) -> Result<(), PostprocessError> {
-        std::fs::write(path, self.to_json()?).map_err(|source| PostprocessError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        crate::error::write_text(path, &self.to_json()?)
     }
 
     /// Reads and validates a post-processor written by [`BarycentreFit::save_json`].
     pub fn load_json(path: &Path) -> Result<Self, PostprocessError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PostprocessError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_json_str(&text, path)
+        Self::from_json_str(&crate::error::read_text(path)?, path)
     }
 
     /// Checks the invariants [`fit`] establishes (for a post-processor read from a file).

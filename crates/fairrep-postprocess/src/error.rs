@@ -217,3 +217,20 @@ pub enum PostprocessError {
         group: String,
     },
 }
+
+/// Writes `text` to `path` atomically (a temporary file renamed into place, so a failed
+/// write leaves an earlier file whole).
+pub(crate) fn write_text(path: &std::path::Path, text: &str) -> Result<(), PostprocessError> {
+    fairrep_data::fs::write_atomic(path, text.as_bytes()).map_err(|e| PostprocessError::Io {
+        path: path.to_path_buf(),
+        source: e.source,
+    })
+}
+
+/// Reads `path` as text.
+pub(crate) fn read_text(path: &std::path::Path) -> Result<String, PostprocessError> {
+    std::fs::read_to_string(path).map_err(|source| PostprocessError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -353,20 +353,13 @@ impl SequentialFit {
         Ok(fit)
     }
 
-    /// Writes [`SequentialFit::to_json`] to `path`.
+    /// Writes [`SequentialFit::to_json`] to `path` atomically.
     pub fn save_json(&self, path: &Path) -> Result<(), PostprocessError> {
-        std::fs::write(path, self.to_json()?).map_err(|source| PostprocessError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        crate::error::write_text(path, &self.to_json()?)
     }
 
     /// Reads and validates a file written by [`SequentialFit::save_json`].
     pub fn load_json(path: &Path) -> Result<Self, PostprocessError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PostprocessError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_json_str(&text, path)
+        Self::from_json_str(&crate::error::read_text(path)?, path)
     }
 }
