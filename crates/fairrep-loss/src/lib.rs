@@ -27,7 +27,9 @@ pub mod tensor_ops;
 
 pub use config::{Bandwidth, LossError, MmdConfig, MmdEstimator, SCALING_RANGE, SinkhornConfig};
 pub use kernel::median_heuristic;
-pub use mmd::{MmdOutput, mmd2, mmd2_tensor_ops, mmd2_with_bandwidths};
+pub use mmd::{MmdOutput, mmd2, mmd2_on, mmd2_tensor_ops, mmd2_with_bandwidths};
 pub use penalty::{Divergence, PenaltyOutput, fairness_penalty};
-pub use sinkhorn::{sinkhorn_divergence, sinkhorn_divergence_tensor_ops, solve_potentials};
+pub use sinkhorn::{
+    sinkhorn_divergence, sinkhorn_divergence_on, sinkhorn_divergence_tensor_ops, solve_potentials,
+};
 pub use solver::{Potentials, SinkhornOutput, SolveOutput, epsilon_schedule};
