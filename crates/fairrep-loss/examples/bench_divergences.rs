@@ -24,7 +24,8 @@
 //! `fused`) it instead compares our implementations: each (kind, n, d, path) runs in a child
 //! process of this example, which reports the median time of value + gradient and its peak
 //! resident memory (`VmHWM` of `/proc/self/status`, the whole process: data, tensors,
-//! allocator), and the ratios to the first path are printed; the MMD then uses the bandwidths
+//! allocator), with the CPU seconds per run (all threads; on a shared machine, the work whatever
+//! the wall time), and the ratios to the first path are printed; the MMD then uses the bandwidths
 //! of `--bandwidths` (default `0.5,1,2`); `--kinds sinkhorn,mmd` chooses the divergences.
 //! Add `--peers` to run the peer comparison as well.
 //!
@@ -325,6 +326,20 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
+/// CPU seconds (user + system) this process has used so far (`/proc/self/stat`, 100 ticks a
+/// second): on a machine shared with other jobs, the work done whatever the wall time.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
 /// The two clouds of one size, as everywhere in this benchmark.
 fn clouds(n: usize, d: usize) -> (Vec<f32>, Vec<f32>) {
     (
@@ -338,6 +353,7 @@ fn run_case(o: &Options, device: &Device, kind: &str) {
     let (n, d) = (o.sizes[0], o.dims[0]);
     let (x, y) = clouds(n, d);
     let path = parse_path(&o.path);
+    let cpu_start = cpu_seconds();
     let converged = std::cell::Cell::new(true);
     let ours = match kind {
         "sinkhorn" => {
@@ -382,6 +398,7 @@ fn run_case(o: &Options, device: &Device, kind: &str) {
         serde_json::json!({
             "secs": secs, "value": value, "err": err, "iters": iters,
             "converged": converged.get(), "rss_mib": peak_rss_mib(),
+            "cpu_per_run": (cpu_seconds() - cpu_start) / (o.repeats + 1) as f64,
         })
     );
 }
@@ -400,12 +417,13 @@ fn compare_paths(o: &Options) {
         o.repeats.max(1)
     );
     println!(
-        "{:<9} {:>6} {:>3} {:<11} {:>9} {:>9} {:>14} {:>6} {:>8} | {:>8} {:>8}",
+        "{:<9} {:>6} {:>3} {:<11} {:>9} {:>9} {:>9} {:>14} {:>6} {:>8} | {:>8} {:>8}",
         "kind",
         "n",
         "d",
         "path",
         "seconds",
+        "CPU s/run",
         "RSS MiB",
         "value",
         "iters",
@@ -450,8 +468,9 @@ fn compare_paths(o: &Options) {
                         ""
                     };
                     println!(
-                        "{kind:<9} {n:>6} {d:>3} {path:<11} {secs:>9.4} {rss:>9.1} {:>14.7e} {:>6} \
-                         {:>7.1e}{mark:<1} | {:>8.2} {:>8.2}",
+                        "{kind:<9} {n:>6} {d:>3} {path:<11} {secs:>9.4} {:>9.3} {rss:>9.1} \
+                         {:>14.7e} {:>6} {:>7.1e}{mark:<1} | {:>8.2} {:>8.2}",
+                        f("cpu_per_run"),
                         f("value"),
                         f("iters"),
                         f("err"),

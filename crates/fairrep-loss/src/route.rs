@@ -16,8 +16,9 @@
 //!   matrices, `O(n m + n^2 + m^2)`.
 //! - **HostTiled**: the same loops with the costs and kernel values computed from the points
 //!   inside each sweep, one cache-sized tile at a time (`crate::host::tiled`); memory
-//!   `O((n + m) d)`. Faster than the stored matrices from [`host_tiled_min_pairs`] on, where
-//!   those no longer fit in the caches (measured, see the constants).
+//!   `O((n + m) d)`. Taken from [`host_tiled_min_pairs`] on, where the stored matrices no
+//!   longer fit in the caches and the tiled sweeps are as fast or faster (measured, see the
+//!   constants).
 //! - **Fused**: CubeCL kernels that never store an `n x m` matrix (`crate::fused`), float32
 //!   accumulation; memory `O((n + m) d)`.
 //! - **TensorOps**: burn tensor operations on any device (`crate::tensor_ops`), the reference
@@ -78,14 +79,23 @@ pub const FUSED_MIN_PAIRS_GPU: usize = 64 * 64;
 pub const FUSED_MIN_PAIRS_SOFTWARE: usize = 1 << 20;
 
 /// Smallest `n * m` for which the Sinkhorn divergence on a CPU device takes the tiled host
-/// path ([`Path::HostTiled`]) instead of the stored cost matrices ([`Path::Host`]).
+/// path ([`Path::HostTiled`]) instead of the stored cost matrices ([`Path::Host`])
+/// (n = m = 4096).
 ///
-/// Measured by `bench_divergences --paths host,host-tiled` (value + gradient, float32, d = 16,
-/// eps = 0.1, tolerance 1e-3, 2 cores; docs/BENCHMARKS.md): see the table there.
-pub const HOST_TILED_MIN_PAIRS_SINKHORN: usize = 1024 * 1024;
+/// From `bench_divergences --paths host,host-tiled` (value + gradient, float32, d = 16,
+/// eps = 0.1, tolerance 1e-3, 2 shared cores; docs/BENCHMARKS.md), time tiled / stored: 4.4x at
+/// n = m = 512, 0.75x and 4.4x in two runs at 1024, 1.5x at 2048, 1.12x at 4096, where the
+/// stored path's peak memory is 401 MiB against 19 MiB. A tiled sweep computes every cost
+/// again (a product of `d` multiply-adds per entry, as many operations as the exponential),
+/// while the stored matrices are read from memory; from 4096 on they no longer fit in the
+/// cache, the two paths run within noise of each other, and the stored matrices grow
+/// quadratically (2.4 GiB at 10,000): the tiled path is taken.
+pub const HOST_TILED_MIN_PAIRS_SINKHORN: usize = 4096 * 4096;
 
-/// Smallest `n * m` for which the MMD on a CPU device takes the tiled host path; measured as
-/// [`HOST_TILED_MIN_PAIRS_SINKHORN`].
+/// Smallest `n * m` for which the MMD on a CPU device takes the tiled host path (n = m =
+/// 1024). Measured as [`HOST_TILED_MIN_PAIRS_SINKHORN`] with three bandwidths, time tiled /
+/// stored: 1.9x at n = m = 512, 0.84x and 1.6x in two runs at 1024, 0.68x at 2048, 0.39x at
+/// 10,000 (with 23 MiB of peak memory against 1.16 GiB).
 pub const HOST_TILED_MIN_PAIRS_MMD: usize = 1024 * 1024;
 
 /// The smallest `n * m` for which `kind` on a CPU device takes [`Path::HostTiled`].
@@ -283,10 +293,10 @@ mod tests {
     fn the_table_on_the_cpu_devices() {
         let flex = Device::flex();
         let dims = [100, 80, 4];
-        let large = [2000, 1000, 4];
+        let large = [5000, 4000, 4];
         for kind in [Kind::Sinkhorn, Kind::Mmd] {
             assert!(
-                2000 * 1000 >= host_tiled_min_pairs(kind) && 100 * 80 < host_tiled_min_pairs(kind)
+                5000 * 4000 >= host_tiled_min_pairs(kind) && 100 * 80 < host_tiled_min_pairs(kind)
             );
             for dtype in [DType::F32, DType::F64] {
                 assert_eq!(route(kind, &flex, dtype, large, false), Ok(Path::HostTiled));
