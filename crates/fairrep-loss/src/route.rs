@@ -16,8 +16,8 @@
 //!   matrices, `O(n m + n^2 + m^2)`.
 //! - **HostTiled**: the same loops with the costs and kernel values computed from the points
 //!   inside each sweep, one cache-sized tile at a time (`crate::host::tiled`); memory
-//!   `O((n + m) d)`. Taken from [`host_tiled_min_pairs`] on, where the stored matrices no
-//!   longer fit in the caches and the tiled sweeps are as fast or faster (measured, see the
+//!   `O((n + m) d)`. Taken from [`host_tiled_min_pairs`] on: for the MMD where it is faster,
+//!   for the Sinkhorn divergence where the stored matrices grow large (measured, see the
 //!   constants).
 //! - **Fused**: CubeCL kernels that never store an `n x m` matrix (`crate::fused`), float32
 //!   accumulation; memory `O((n + m) d)`.
@@ -83,19 +83,20 @@ pub const FUSED_MIN_PAIRS_SOFTWARE: usize = 1 << 20;
 /// (n = m = 4096).
 ///
 /// From `bench_divergences --paths host,host-tiled` (value + gradient, float32, d = 16,
-/// eps = 0.1, tolerance 1e-3, 2 shared cores; docs/BENCHMARKS.md), time tiled / stored: 4.4x at
-/// n = m = 512, 0.75x and 4.4x in two runs at 1024, 1.5x at 2048, 1.12x at 4096, where the
-/// stored path's peak memory is 401 MiB against 19 MiB. A tiled sweep computes every cost
-/// again (a product of `d` multiply-adds per entry, as many operations as the exponential),
-/// while the stored matrices are read from memory; from 4096 on they no longer fit in the
-/// cache, the two paths run within noise of each other, and the stored matrices grow
-/// quadratically (2.4 GiB at 10,000): the tiled path is taken.
+/// eps = 0.1, tolerance 1e-3, 2 cores, quiet machine; docs/BENCHMARKS.md), time tiled / stored:
+/// 1.71x at n = m = 1024, 1.43x at 2048, 1.40x at 4096 (CPU time 1.24x), with peak memory
+/// 17 / 41, 18 / 114 and 21 / 403 MiB. A tiled sweep computes every cost again (`d`
+/// multiply-adds per entry, as many operations as the exponential), so the stored matrices stay
+/// faster while they fit in memory; but they grow as `n m` (about 2.4 GiB at 10,000, 60 GiB at
+/// 50,000), so from 4096 on, where the time lost is 1.4x and the memory saved 19x, the tiled
+/// path is taken.
 pub const HOST_TILED_MIN_PAIRS_SINKHORN: usize = 4096 * 4096;
 
 /// Smallest `n * m` for which the MMD on a CPU device takes the tiled host path (n = m =
 /// 1024). Measured as [`HOST_TILED_MIN_PAIRS_SINKHORN`] with three bandwidths, time tiled /
-/// stored: 1.9x at n = m = 512, 0.84x and 1.6x in two runs at 1024, 0.68x at 2048, 0.39x at
-/// 10,000 (with 23 MiB of peak memory against 1.16 GiB).
+/// stored: 1.9x at n = m = 512 (loaded machine), 0.53x at 1024, 0.56x at 2048, 0.28x at 10,000
+/// (25 MiB of peak memory against 1.17 GiB): without a stored matrix to read, the tiled sweep
+/// is faster from 1024 on.
 pub const HOST_TILED_MIN_PAIRS_MMD: usize = 1024 * 1024;
 
 /// The smallest `n * m` for which `kind` on a CPU device takes [`Path::HostTiled`].
