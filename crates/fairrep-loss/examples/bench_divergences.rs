@@ -19,6 +19,20 @@
 //! all three plans, GeomLoss's error is its x-y plan's): `peer/ours` is the time ratio at equal
 //! or better accuracy. MMD has no tolerance: the ratio is against our one run. Without Python
 //! and the peers installed (`scripts/requirements-fixtures.txt`), only our timings are printed.
+//!
+//! With `--paths host,host-tiled` (any of `routed`, `host`, `host-tiled`, `tensor-op`,
+//! `fused`) it instead compares our implementations: each (kind, n, d, path) runs in a child
+//! process of this example, which reports the median time of value + gradient and its peak
+//! resident memory (`VmHWM` of `/proc/self/status`, the whole process: data, tensors,
+//! allocator), with the CPU seconds per run (all threads; on a shared machine, the work whatever
+//! the wall time), and the ratios to the first path are printed; the MMD then uses the bandwidths
+//! of `--bandwidths` (default `0.5,1,2`); `--kinds sinkhorn,mmd` chooses the divergences.
+//! Add `--peers` to run the peer comparison as well.
+//!
+//! ```text
+//! cargo run --release -p fairrep-train --example bench_divergences -- \
+//!     --paths host,host-tiled --sizes 1024,4096,10000 --dims 16 --repeats 2
+//! ```
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::{Path, PathBuf};
@@ -27,7 +41,11 @@ use std::time::Instant;
 
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 use fairrep_data::matrix::write_npy_f32;
-use fairrep_loss::{Bandwidth, MmdConfig, MmdEstimator, SinkhornConfig, mmd2, sinkhorn_divergence};
+use fairrep_loss::route::Path as Route;
+use fairrep_loss::{
+    Bandwidth, MmdConfig, MmdEstimator, SinkhornConfig, mmd2, mmd2_on, sinkhorn_divergence,
+    sinkhorn_divergence_on,
+};
 
 struct Options {
     device: String,
@@ -39,6 +57,14 @@ struct Options {
     pot_max_n: usize,
     slow_max_n: usize,
     python: Option<String>,
+    paths: Vec<String>,
+    bandwidths: Vec<f64>,
+    peers: bool,
+    /// The kinds `--paths` compares (`sinkhorn`, `mmd`).
+    kinds: Vec<String>,
+    /// Child mode: one case (`sinkhorn` or `mmd`) on `--path`, size `--sizes`, `--dims`.
+    case: Option<String>,
+    path: String,
 }
 
 /// A divergence under benchmark: value, marginal error and iterations of one evaluation.
@@ -60,6 +86,12 @@ fn options() -> Options {
         pot_max_n: 1024,
         slow_max_n: 1024,
         python: None,
+        paths: Vec::new(),
+        bandwidths: vec![0.5, 1.0, 2.0],
+        peers: false,
+        kinds: vec!["sinkhorn".into(), "mmd".into()],
+        case: None,
+        path: "routed".into(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -75,6 +107,21 @@ fn options() -> Options {
             "--pot-max-n" => o.pot_max_n = value.parse().expect("--pot-max-n"),
             "--slow-max-n" => o.slow_max_n = value.parse().expect("--slow-max-n"),
             "--python" => o.python = Some(value),
+            "--paths" => o.paths = value.split(',').map(|s| s.trim().to_string()).collect(),
+            "--bandwidths" => {
+                o.bandwidths = value
+                    .split(',')
+                    .map(|v| v.trim().parse().expect("a list of bandwidths"))
+                    .collect()
+            }
+            "--peers" => {
+                o.peers = true;
+                i += 1;
+                continue;
+            }
+            "--case" => o.case = Some(value),
+            "--kinds" => o.kinds = value.split(',').map(|s| s.trim().to_string()).collect(),
+            "--path" => o.path = value,
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -133,7 +180,7 @@ fn time_ours(
             .unwrap();
         let v: f32 = value.inner().into_scalar();
         assert!(g.iter().all(|v| v.is_finite()) && v.is_finite());
-        if rep > 0 {
+        if rep > 0 || repeats == 0 {
             times.push(start.elapsed().as_secs_f64());
         }
         last = (v as f64, err, iters);
@@ -257,6 +304,185 @@ fn print_row(kind: &str, n: usize, d: usize, lib: &str, dtype: &str, peer: Ours,
     );
 }
 
+/// The path named on the command line (`routed`: `None`).
+fn parse_path(name: &str) -> Option<Route> {
+    match name {
+        "routed" => None,
+        "host" => Some(Route::Host),
+        "host-tiled" => Some(Route::HostTiled),
+        "tensor-op" => Some(Route::TensorOps),
+        "fused" => Some(Route::Fused),
+        other => panic!("unknown path {other}"),
+    }
+}
+
+/// Peak resident memory of this process so far, MiB (`VmHWM`).
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// CPU seconds (user + system) this process has used so far (`/proc/self/stat`, 100 ticks a
+/// second): on a machine shared with other jobs, the work done whatever the wall time.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
+/// The two clouds of one size, as everywhere in this benchmark.
+fn clouds(n: usize, d: usize) -> (Vec<f32>, Vec<f32>) {
+    (
+        gaussian(n * d, 1 + n as u64 * 31 + d as u64, 0.0),
+        gaussian(n * d, 2 + n as u64 * 37 + d as u64, 0.5),
+    )
+}
+
+/// Child mode: one case on one path, its timing and peak memory as one JSON line.
+fn run_case(o: &Options, device: &Device, kind: &str) {
+    let (n, d) = (o.sizes[0], o.dims[0]);
+    let (x, y) = clouds(n, d);
+    let path = parse_path(&o.path);
+    let cpu_start = cpu_seconds();
+    let converged = std::cell::Cell::new(true);
+    let ours = match kind {
+        "sinkhorn" => {
+            let config = SinkhornConfig {
+                eps: o.eps,
+                scaling: 0.9,
+                tolerance: o.tolerance,
+                max_iters: 50_000,
+                check_every: 5,
+            };
+            let run = |x, y| {
+                let s = match path {
+                    Some(p) => sinkhorn_divergence_on(p, x, y, None, None, &config),
+                    None => sinkhorn_divergence(x, y, None, None, &config),
+                }
+                .expect("the divergence computes");
+                converged.set(s.converged);
+                (s.value, s.marginal_error, s.n_iters)
+            };
+            time_ours(device, &x, &y, n, d, o.repeats, &run)
+        }
+        "mmd" => {
+            let config = MmdConfig {
+                bandwidth: Bandwidth::Fixed(o.bandwidths.clone()),
+                estimator: MmdEstimator::Biased,
+            };
+            let run = |x, y| {
+                let v = match path {
+                    Some(p) => mmd2_on(p, x, y, None, None, &config).map(|o| o.value),
+                    None => mmd2(x, y, None, None, &config),
+                }
+                .expect("the divergence computes");
+                (v, 0.0, 0)
+            };
+            time_ours(device, &x, &y, n, d, o.repeats, &run)
+        }
+        other => panic!("unknown case {other}"),
+    };
+    let (secs, value, err, iters) = ours;
+    println!(
+        "{}",
+        serde_json::json!({
+            "secs": secs, "value": value, "err": err, "iters": iters,
+            "converged": converged.get(), "rss_mib": peak_rss_mib(),
+            "cpu_per_run": (cpu_seconds() - cpu_start) / (o.repeats + 1) as f64,
+        })
+    );
+}
+
+/// Our paths against each other, each case in a child process (see the crate docs).
+fn compare_paths(o: &Options) {
+    let exe = std::env::current_exe().expect("the benchmark's own executable");
+    println!(
+        "device: {}; {} threads; eps = {}; tolerance {:e}; MMD bandwidths {:?}; float32; \
+         seconds: median of {} runs of value + gradient (x tracked); peak RSS of the process",
+        o.device,
+        threads(),
+        o.eps,
+        o.tolerance,
+        o.bandwidths,
+        o.repeats.max(1)
+    );
+    println!(
+        "{:<9} {:>6} {:>3} {:<11} {:>9} {:>9} {:>9} {:>14} {:>6} {:>8} | {:>8} {:>8}",
+        "kind",
+        "n",
+        "d",
+        "path",
+        "seconds",
+        "CPU s/run",
+        "RSS MiB",
+        "value",
+        "iters",
+        "marg.err",
+        "t/first",
+        "RSS/first"
+    );
+    let bandwidths: Vec<String> = o.bandwidths.iter().map(f64::to_string).collect();
+    for &n in &o.sizes {
+        for &d in &o.dims {
+            for kind in o.kinds.iter().map(String::as_str) {
+                let mut first: Option<(f64, f64)> = None;
+                for path in &o.paths {
+                    let out = Command::new(&exe)
+                        .args(["--case", kind, "--path", path, "--device", &o.device])
+                        .args(["--sizes", &n.to_string(), "--dims", &d.to_string()])
+                        .args(["--eps", &o.eps.to_string()])
+                        .args(["--tolerance", &o.tolerance.to_string()])
+                        .args(["--repeats", &o.repeats.to_string()])
+                        .args(["--bandwidths", &bandwidths.join(",")])
+                        .output()
+                        .expect("the benchmark runs itself");
+                    let line = String::from_utf8_lossy(&out.stdout);
+                    let Some(r) = line
+                        .lines()
+                        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    else {
+                        let err = String::from_utf8_lossy(&out.stderr);
+                        let last = err.lines().rev().find(|l| !l.trim().is_empty());
+                        println!(
+                            "{kind:<9} {n:>6} {d:>3} {path:<11} failed: {}",
+                            last.unwrap_or("(no output)")
+                        );
+                        continue;
+                    };
+                    let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+                    let (secs, rss) = (f("secs"), f("rss_mib"));
+                    let (t0, r0) = *first.get_or_insert((secs, rss));
+                    let mark = if r["converged"].as_bool() == Some(false) {
+                        "*"
+                    } else {
+                        ""
+                    };
+                    println!(
+                        "{kind:<9} {n:>6} {d:>3} {path:<11} {secs:>9.4} {:>9.3} {rss:>9.1} \
+                         {:>14.7e} {:>6} {:>7.1e}{mark:<1} | {:>8.2} {:>8.2}",
+                        f("cpu_per_run"),
+                        f("value"),
+                        f("iters"),
+                        f("err"),
+                        secs / t0,
+                        rss / r0,
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn main() {
     let o = options();
     let device = match o.device.as_str() {
@@ -266,6 +492,16 @@ fn main() {
         "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
         other => panic!("unknown device {other}"),
     };
+    if let Some(kind) = o.case.clone() {
+        run_case(&o, &device, &kind);
+        return;
+    }
+    if !o.paths.is_empty() {
+        compare_paths(&o);
+        if !o.peers {
+            return;
+        }
+    }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let python = o.python.clone().unwrap_or_else(|| {
         let venv = root.join(".venv-fixtures/bin/python");

@@ -283,8 +283,11 @@ mod tests {
 /// An implementation of the divergences.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
-    /// Loops in host memory on the CPU devices.
+    /// Loops in host memory on the CPU devices over stored cost / kernel matrices.
     Host,
+    /// Loops in host memory on the CPU devices that compute the costs / kernel values from
+    /// the points, tile by tile, storing no `n x m` matrix.
+    HostTiled,
     /// The fused CubeCL kernels on wgpu.
     Fused,
     /// burn tensor operations.
@@ -295,6 +298,7 @@ impl std::fmt::Display for Path {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Path::Host => "host",
+            Path::HostTiled => "host-tiled",
             Path::Fused => "fused",
             Path::TensorOps => "tensor-op",
         })

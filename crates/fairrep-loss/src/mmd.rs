@@ -5,7 +5,7 @@ use burn::tensor::{DType, Tensor};
 use crate::config::{LossError, MmdConfig, MmdEstimator};
 use crate::cost::{check_weights, checked_diameter, uniform_weights};
 use crate::kernel::resolve_bandwidths;
-use crate::route::{Kind, Path, check_memory, route};
+use crate::route::{Kind, Path, check_memory, check_path, route};
 use crate::{fused, host, tensor_ops};
 
 /// Result of [`mmd2_with_bandwidths`]: the value and the bandwidths actually used.
@@ -44,6 +44,31 @@ pub fn mmd2_with_bandwidths(
     b: Option<Tensor<1>>,
     config: &MmdConfig,
 ) -> Result<MmdOutput, LossError> {
+    mmd2_on_path(None, x, y, a, b, config)
+}
+
+/// [`mmd2_with_bandwidths`] on the given path instead of the routed one (benchmarks and tests
+/// compare the paths on one problem); an error if that path cannot run on the inputs' device
+/// and dtype (`crate::route::check_path`) or would not fit in memory.
+pub fn mmd2_on(
+    path: Path,
+    x: Tensor<2>,
+    y: Tensor<2>,
+    a: Option<Tensor<1>>,
+    b: Option<Tensor<1>>,
+    config: &MmdConfig,
+) -> Result<MmdOutput, LossError> {
+    mmd2_on_path(Some(path), x, y, a, b, config)
+}
+
+fn mmd2_on_path(
+    forced: Option<Path>,
+    x: Tensor<2>,
+    y: Tensor<2>,
+    a: Option<Tensor<1>>,
+    b: Option<Tensor<1>>,
+    config: &MmdConfig,
+) -> Result<MmdOutput, LossError> {
     config.validate()?;
     let ([n, d], [m, dy]) = (x.dims(), y.dims());
     if d != dy {
@@ -60,7 +85,13 @@ pub fn mmd2_with_bandwidths(
     checked_diameter(&x.clone().inner(), &y.clone().inner())?;
     let tracked = a.is_tracked() || b.is_tracked();
     let dtype = x.dtype();
-    let path = route(Kind::Mmd, &x.device(), dtype, [n, m, d], tracked)?;
+    let path = match forced {
+        Some(path) => {
+            check_path(Kind::Mmd, path, &x.device(), dtype, [n, m, d], tracked)?;
+            path
+        }
+        None => route(Kind::Mmd, &x.device(), dtype, [n, m, d], tracked)?,
+    };
     check_memory(Kind::Mmd, path, &x.device(), [n, m, d], dtype.size())?;
     let bandwidths = resolve_bandwidths(config, &x, &y)?;
     let unbiased = config.estimator == MmdEstimator::Unbiased;
@@ -69,6 +100,12 @@ pub fn mmd2_with_bandwidths(
             host::mmd::mmd2_on_host::<f64>(&x, &y, &a, &b, &bandwidths, unbiased)
         }
         (Path::Host, _) => host::mmd::mmd2_on_host::<f32>(&x, &y, &a, &b, &bandwidths, unbiased),
+        (Path::HostTiled, DType::F64) => {
+            host::tiled::mmd2_tiled::<f64>((&x, &y), (&a, &b), &bandwidths, unbiased)
+        }
+        (Path::HostTiled, _) => {
+            host::tiled::mmd2_tiled::<f32>((&x, &y), (&a, &b), &bandwidths, unbiased)
+        }
         (Path::Fused, _) => fused::mmd2((&x, &y), (&a, &b), &bandwidths, unbiased),
         (Path::TensorOps, _) => tensor_ops::mmd2_tensor_ops(x, y, a, b, &bandwidths, unbiased),
     };

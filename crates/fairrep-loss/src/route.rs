@@ -3,8 +3,9 @@
 //!
 //! | device | dtype | condition | Sinkhorn | MMD |
 //! |---|---|---|---|---|
-//! | Flex, NdArray | f32, f64 | MMD weights without gradient | [`Path::Host`] | [`Path::Host`] |
-//! | Flex, NdArray | f32, f64 | MMD weights with a gradient | [`Path::Host`] | [`Path::TensorOps`] |
+//! | Flex, NdArray | f32, f64 | `n m <` [`host_tiled_min_pairs`], MMD weights without gradient | [`Path::Host`] | [`Path::Host`] |
+//! | Flex, NdArray | f32, f64 | `n m >=` [`host_tiled_min_pairs`], MMD weights without gradient | [`Path::HostTiled`] | [`Path::HostTiled`] |
+//! | Flex, NdArray | f32, f64 | MMD weights with a gradient | (as above) | [`Path::TensorOps`] |
 //! | wgpu | f32 | `n m >=` [`fused_min_pairs`], `d <=` [`MAX_FUSED_DIM`], MMD weights without gradient | [`Path::Fused`] | [`Path::Fused`] |
 //! | wgpu | f32 | otherwise | [`Path::TensorOps`] | [`Path::TensorOps`] |
 //! | wgpu | f64 | — | refused | refused |
@@ -13,6 +14,11 @@
 //! - **Host**: the CPU devices' tensors already live in host memory; the loops run there on
 //!   plain vectors, vectorised and threaded (`crate::host`). Memory: the dense cost / kernel
 //!   matrices, `O(n m + n^2 + m^2)`.
+//! - **HostTiled**: the same loops with the costs and kernel values computed from the points
+//!   inside each sweep, one cache-sized tile at a time (`crate::host::tiled`); memory
+//!   `O((n + m) d)`. Taken from [`host_tiled_min_pairs`] on: for the MMD where it is faster,
+//!   for the Sinkhorn divergence where the stored matrices grow large (measured, see the
+//!   constants).
 //! - **Fused**: CubeCL kernels that never store an `n x m` matrix (`crate::fused`), float32
 //!   accumulation; memory `O((n + m) d)`.
 //! - **TensorOps**: burn tensor operations on any device (`crate::tensor_ops`), the reference
@@ -72,6 +78,35 @@ pub const FUSED_MIN_PAIRS_GPU: usize = 64 * 64;
 /// fused path is checked against it directly).
 pub const FUSED_MIN_PAIRS_SOFTWARE: usize = 1 << 20;
 
+/// Smallest `n * m` for which the Sinkhorn divergence on a CPU device takes the tiled host
+/// path ([`Path::HostTiled`]) instead of the stored cost matrices ([`Path::Host`])
+/// (n = m = 4096).
+///
+/// From `bench_divergences --paths host,host-tiled` (value + gradient, float32, d = 16,
+/// eps = 0.1, tolerance 1e-3, 2 cores, quiet machine; docs/BENCHMARKS.md), time tiled / stored:
+/// 1.71x at n = m = 1024, 1.43x at 2048, 1.40x at 4096 (CPU time 1.24x), with peak memory
+/// 17 / 41, 18 / 114 and 21 / 403 MiB. A tiled sweep computes every cost again (`d`
+/// multiply-adds per entry, as many operations as the exponential), so the stored matrices stay
+/// faster while they fit in memory; but they grow as `n m` (about 2.4 GiB at 10,000, 60 GiB at
+/// 50,000), so from 4096 on, where the time lost is 1.4x and the memory saved 19x, the tiled
+/// path is taken.
+pub const HOST_TILED_MIN_PAIRS_SINKHORN: usize = 4096 * 4096;
+
+/// Smallest `n * m` for which the MMD on a CPU device takes the tiled host path (n = m =
+/// 1024). Measured as [`HOST_TILED_MIN_PAIRS_SINKHORN`] with three bandwidths, time tiled /
+/// stored: 1.9x at n = m = 512 (loaded machine), 0.53x at 1024, 0.56x at 2048, 0.28x at 10,000
+/// (25 MiB of peak memory against 1.17 GiB): without a stored matrix to read, the tiled sweep
+/// is faster from 1024 on.
+pub const HOST_TILED_MIN_PAIRS_MMD: usize = 1024 * 1024;
+
+/// The smallest `n * m` for which `kind` on a CPU device takes [`Path::HostTiled`].
+pub fn host_tiled_min_pairs(kind: Kind) -> usize {
+    match kind {
+        Kind::Sinkhorn => HOST_TILED_MIN_PAIRS_SINKHORN,
+        Kind::Mmd => HOST_TILED_MIN_PAIRS_MMD,
+    }
+}
+
 /// Whether `device` is a CPU device whose tensors live in host memory (Flex, NdArray).
 pub fn is_cpu(device: &Device) -> bool {
     #[allow(deprecated)]
@@ -119,6 +154,8 @@ pub fn route(
     if is_cpu(device) && float {
         return Ok(if kind == Kind::Mmd && weights_tracked {
             Path::TensorOps
+        } else if n.saturating_mul(m) >= host_tiled_min_pairs(kind) {
+            Path::HostTiled
         } else {
             Path::Host
         });
@@ -137,6 +174,44 @@ pub fn route(
     Ok(if fused { Path::Fused } else { Path::TensorOps })
 }
 
+/// Checks that `path`, asked for explicitly (benchmarks, tests), can compute `kind` on
+/// `device` in `dtype`: the host paths on the CPU devices in float32 or float64 (the MMD
+/// without a gradient for its weights), the fused path where [`route`] would take it at any
+/// size, the tensor-op path everywhere but float64 on wgpu.
+pub fn check_path(
+    kind: Kind,
+    path: Path,
+    device: &Device,
+    dtype: DType,
+    [n, m, d]: [usize; 3],
+    weights_tracked: bool,
+) -> Result<(), LossError> {
+    // Whatever the routing table refuses (float64 on wgpu) no path runs.
+    route(kind, device, dtype, [n, m, d], weights_tracked)?;
+    let float = matches!(dtype, DType::F32 | DType::F64);
+    let ok = match path {
+        Path::Host | Path::HostTiled => {
+            is_cpu(device) && float && !(kind == Kind::Mmd && weights_tracked)
+        }
+        Path::Fused => {
+            dtype == DType::F32
+                && d <= MAX_FUSED_DIM
+                && !(kind == Kind::Mmd && weights_tracked)
+                && is_wgpu(device)
+        }
+        Path::TensorOps => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(LossError::InvalidConfig {
+            key: "path",
+            expected: "a path that runs on this device and dtype (route.rs, its table)".into(),
+            found: format!("{path} for {} in {dtype:?}", kind.name()),
+        })
+    }
+}
+
 /// Estimated peak bytes of one divergence with gradient on `path` (float elements of
 /// `elem_bytes` bytes): the dense matrices each path holds at its peak, in elements.
 ///
@@ -149,6 +224,8 @@ pub fn route(
 /// - MMD, tensor ops: the three blocks' distances, kernels and autodiff copies.
 /// - Fused: the points, potentials and per-row accumulators (`O((n + m) d)`), with the
 ///   column-split partials.
+/// - Host, tiled: the clouds in two centrings and two layouts, their barycentres or kernel
+///   row sums, the potentials and their updates (`O((n + m) d)`), and one tile per thread.
 pub fn estimated_bytes(kind: Kind, path: Path, [n, m, d]: [usize; 3], elem_bytes: usize) -> u64 {
     let (n, m, d) = (n as u128, m as u128, d as u128);
     let cross = n * m;
@@ -159,6 +236,11 @@ pub fn estimated_bytes(kind: Kind, path: Path, [n, m, d]: [usize; 3], elem_bytes
         (Kind::Mmd, Path::Host) => 3 * (cross + selfs),
         (Kind::Mmd, Path::TensorOps) => 4 * (cross + selfs),
         (_, Path::Fused) => 8 * (n + m) * (d + 2),
+        (_, Path::HostTiled) => {
+            let threads = rayon::current_num_threads() as u128;
+            let tile = crate::host::tiled::TILE_ROWS as u128 * (2048 + 2 * d + 8);
+            12 * (n + m) * d + 24 * (n + m) + threads * tile
+        }
     };
     u64::try_from(elems * elem_bytes as u128).unwrap_or(u64::MAX)
 }
@@ -226,9 +308,9 @@ pub fn check_memory(
             d: dims[2],
             needed: Bytes(needed),
             available: Bytes(available),
-            advice: match kind {
-                Kind::Sinkhorn => ", or a GPU (wgpu), whose fused kernels need O((n + m) d)",
-                Kind::Mmd => ", or a GPU (wgpu), whose fused kernels need O((n + m) d)",
+            advice: match path {
+                Path::HostTiled => "",
+                _ => ", or a GPU (wgpu), whose fused kernels need O((n + m) d)",
             },
         }),
         _ => Ok(()),
@@ -243,6 +325,25 @@ mod tests {
     fn the_table_on_the_cpu_devices() {
         let flex = Device::flex();
         let dims = [100, 80, 4];
+        let large = [5000, 4000, 4];
+        for kind in [Kind::Sinkhorn, Kind::Mmd] {
+            assert!(
+                5000 * 4000 >= host_tiled_min_pairs(kind) && 100 * 80 < host_tiled_min_pairs(kind)
+            );
+            for dtype in [DType::F32, DType::F64] {
+                assert_eq!(route(kind, &flex, dtype, large, false), Ok(Path::HostTiled));
+            }
+            assert_eq!(
+                check_path(kind, Path::HostTiled, &flex, DType::F32, dims, false),
+                Ok(())
+            );
+            assert_eq!(
+                check_path(kind, Path::Host, &flex, DType::F64, large, false),
+                Ok(())
+            );
+            assert!(check_path(kind, Path::Fused, &flex, DType::F32, dims, false).is_err());
+        }
+        assert!(check_path(Kind::Mmd, Path::HostTiled, &flex, DType::F32, dims, true).is_err());
         for dtype in [DType::F32, DType::F64] {
             assert_eq!(
                 route(Kind::Sinkhorn, &flex, dtype, dims, false),
@@ -283,12 +384,27 @@ mod tests {
         // Host: 6 n m + 3 (n^2 + m^2) = 1.2e9 floats of 4 bytes.
         assert_eq!(host, 4 * (6 * 100_000_000 + 3 * 200_000_000));
         assert!(fused < 20_000_000, "{fused}");
+        // The tiled host path is linear in the points: 10^4 points in 16 dimensions need a few
+        // MB, 10^6 (a million-fold more pairs) under 2 GiB.
+        let tiled = estimated_bytes(Kind::Sinkhorn, Path::HostTiled, dims, 4);
+        assert!(tiled < 20_000_000, "{tiled}");
+        let big = estimated_bytes(Kind::Mmd, Path::HostTiled, [1_000_000, 1_000_000, 16], 4);
+        assert!(big < 2 << 30, "{big}");
         // 10^6 points cannot fit in any machine on the host path.
         let huge = [1_000_000, 1_000_000, 16];
         let e = check_memory(Kind::Sinkhorn, Path::Host, &Device::flex(), huge, 4);
         if available_memory().is_some() {
             let msg = e.unwrap_err().to_string();
             assert!(msg.contains("needs about") && msg.contains("GiB"), "{msg}");
+            // Even the tiled path cannot hold 10^10 points of dimension 1000: refused with the
+            // estimate, before anything is allocated.
+            let absurd = [10_000_000_000, 10_000_000_000, 1000];
+            let e = check_memory(Kind::Mmd, Path::HostTiled, &Device::flex(), absurd, 4);
+            let msg = e.unwrap_err().to_string();
+            assert!(
+                msg.contains("host-tiled") && msg.contains("needs about"),
+                "{msg}"
+            );
         }
     }
 }

@@ -6,17 +6,19 @@ use burn::tensor::{DType, Tensor};
 
 use crate::config::{LossError, SinkhornConfig};
 use crate::cost::{check_weights, uniform_weights};
-use crate::route::{Kind, Path, check_memory, route};
+use crate::route::{Kind, Path, check_memory, check_path, route};
 use crate::solver::{Problem, SinkhornOutput, SolveOutput, final_value};
 use crate::{fused, host, tensor_ops};
 
-/// The checked, detached problem and the path that solves it.
+/// The checked, detached problem and the path that solves it: `forced` if given (and able to
+/// run here), the routed one otherwise.
 fn prepare(
     x: &Tensor<2>,
     y: &Tensor<2>,
     a: Option<Tensor<1>>,
     b: Option<Tensor<1>>,
     config: &SinkhornConfig,
+    forced: Option<Path>,
 ) -> Result<(Problem, Path), LossError> {
     config.validate()?;
     let ([n, d], [m, dy]) = (x.dims(), y.dims());
@@ -32,7 +34,13 @@ fn prepare(
     check_weights("a", &a, n)?;
     check_weights("b", &b, m)?;
     let dtype = x.dtype();
-    let path = route(Kind::Sinkhorn, &x.device(), dtype, [n, m, d], false)?;
+    let path = match forced {
+        Some(path) => {
+            check_path(Kind::Sinkhorn, path, &x.device(), dtype, [n, m, d], false)?;
+            path
+        }
+        None => route(Kind::Sinkhorn, &x.device(), dtype, [n, m, d], false)?,
+    };
     check_memory(Kind::Sinkhorn, path, &x.device(), [n, m, d], dtype.size())?;
     Ok((Problem::new(x, y, &a, &b)?, path))
 }
@@ -49,10 +57,12 @@ pub fn solve_potentials(
     b: Option<Tensor<1>>,
     config: &SinkhornConfig,
 ) -> Result<SolveOutput, LossError> {
-    let (problem, path) = prepare(x, y, a, b, config)?;
+    let (problem, path) = prepare(x, y, a, b, config, None)?;
     match (path, problem.a.dtype()) {
         (Path::Host, DType::F64) => host::sinkhorn::solve::<f64>(&problem, config),
         (Path::Host, _) => host::sinkhorn::solve::<f32>(&problem, config),
+        (Path::HostTiled, DType::F64) => host::tiled::solve::<f64>(&problem, config),
+        (Path::HostTiled, _) => host::tiled::solve::<f32>(&problem, config),
         (Path::Fused, _) => fused::solve(&problem, config),
         (Path::TensorOps, _) => tensor_ops::solve(&problem, config),
     }
@@ -76,7 +86,32 @@ pub fn sinkhorn_divergence(
     b: Option<Tensor<1>>,
     config: &SinkhornConfig,
 ) -> Result<SinkhornOutput, LossError> {
-    let (problem, path) = prepare(&x, &y, a, b, config)?;
+    divergence_on(None, x, y, a, b, config)
+}
+
+/// [`sinkhorn_divergence`] on the given path instead of the routed one (benchmarks and
+/// tests compare the paths on one problem); an error if that path cannot run on the inputs'
+/// device and dtype (`crate::route::check_path`) or would not fit in memory.
+pub fn sinkhorn_divergence_on(
+    path: Path,
+    x: Tensor<2>,
+    y: Tensor<2>,
+    a: Option<Tensor<1>>,
+    b: Option<Tensor<1>>,
+    config: &SinkhornConfig,
+) -> Result<SinkhornOutput, LossError> {
+    divergence_on(Some(path), x, y, a, b, config)
+}
+
+fn divergence_on(
+    forced: Option<Path>,
+    x: Tensor<2>,
+    y: Tensor<2>,
+    a: Option<Tensor<1>>,
+    b: Option<Tensor<1>>,
+    config: &SinkhornConfig,
+) -> Result<SinkhornOutput, LossError> {
+    let (problem, path) = prepare(&x, &y, a, b, config, forced)?;
     match (path, problem.a.dtype()) {
         (Path::Host, DType::F64) => host::sinkhorn::divergence::<f64>((&x, &y), problem, config),
         // A temperature so large next to the costs that float32 potentials would lose the
@@ -85,6 +120,11 @@ pub fn sinkhorn_divergence(
             host::sinkhorn::divergence::<f64>((&x, &y), problem.cast(DType::F64), config)
         }
         (Path::Host, _) => host::sinkhorn::divergence::<f32>((&x, &y), problem, config),
+        (Path::HostTiled, DType::F64) => host::tiled::divergence::<f64>((&x, &y), problem, config),
+        (Path::HostTiled, _) if problem.float32_too_coarse(config.eps) => {
+            host::tiled::divergence::<f64>((&x, &y), problem.cast(DType::F64), config)
+        }
+        (Path::HostTiled, _) => host::tiled::divergence::<f32>((&x, &y), problem, config),
         (Path::Fused, _) => fused::divergence((&x, &y), problem, config),
         (Path::TensorOps, _) => tensor_ops_divergence((&x, &y), &problem, config),
     }
@@ -99,7 +139,7 @@ pub fn sinkhorn_divergence_tensor_ops(
     b: Option<Tensor<1>>,
     config: &SinkhornConfig,
 ) -> Result<SinkhornOutput, LossError> {
-    let (problem, _) = prepare(&x, &y, a, b, config)?;
+    let (problem, _) = prepare(&x, &y, a, b, config, Some(Path::TensorOps))?;
     tensor_ops_divergence((&x, &y), &problem, config)
 }
 

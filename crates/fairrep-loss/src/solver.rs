@@ -351,6 +351,10 @@ pub(crate) fn solve_with<O: SolverOps>(
     let t_yx = |f: &O::Vector| op.softmin(eps, Pair::YX, &a_log, Some(f));
     // The self errors once the self potentials are frozen (see SELF_FREEZE).
     let mut frozen_self: Option<[f64; 2]> = None;
+    // The cross softmins `T(g_ab)`, `T(f_ba)` of the last marginal check, taken from the
+    // potentials the next step starts from: that step's own softmins, reused instead of
+    // recomputed (one full pass saved per check with alternating steps, two with averaged).
+    let mut checked: Option<(O::Vector, O::Vector)> = None;
     for it in 1..=max_iters {
         // The symmetric updates of the self potentials, until they are frozen.
         let fresh = frozen_self.is_none().then(|| {
@@ -364,12 +368,18 @@ pub(crate) fn solve_with<O: SolverOps>(
                 let f = op.relax(&p.f_aa, f_aa.clone(), 0.5);
                 (f.clone(), f)
             }
-            (_, CrossStep::Averaged) => (
-                op.relax(&p.f_ba, t_xy(&p.g_ab), 0.5),
-                op.relax(&p.g_ab, t_yx(&p.f_ba), 0.5),
-            ),
+            (_, CrossStep::Averaged) => {
+                let (t_f, t_g) = checked
+                    .take()
+                    .unwrap_or_else(|| (t_xy(&p.g_ab), t_yx(&p.f_ba)));
+                (op.relax(&p.f_ba, t_f, 0.5), op.relax(&p.g_ab, t_g, 0.5))
+            }
             (_, CrossStep::Alternating(w)) => {
-                let f_ba = op.relax(&p.f_ba, t_xy(&p.g_ab), w);
+                let t_f = match checked.take() {
+                    Some((t_f, _)) => t_f,
+                    None => t_xy(&p.g_ab),
+                };
+                let f_ba = op.relax(&p.f_ba, t_f, w);
                 let g_ab = op.relax(&p.g_ab, t_yx(&f_ba), w);
                 (f_ba, g_ab)
             }
@@ -430,6 +440,7 @@ pub(crate) fn solve_with<O: SolverOps>(
                 frozen_self = Some([errors[1], errors[2]]);
             }
             momentum.observe(errors[0]);
+            checked = cross_updates;
         }
     }
     Ok(SolveOutput {

@@ -16,8 +16,9 @@ use std::path::PathBuf;
 
 use burn::tensor::{DType, Device, DeviceKind, Tensor, TensorData};
 use fairrep_loss::{
-    Bandwidth, LossError, MmdConfig, MmdEstimator, SinkhornConfig, SinkhornOutput, mmd2,
-    mmd2_tensor_ops, mmd2_with_bandwidths, sinkhorn_divergence, sinkhorn_divergence_tensor_ops,
+    Bandwidth, LossError, MmdConfig, MmdEstimator, SinkhornConfig, SinkhornOutput, mmd2, mmd2_on,
+    mmd2_tensor_ops, mmd2_with_bandwidths, sinkhorn_divergence, sinkhorn_divergence_on,
+    sinkhorn_divergence_tensor_ops,
 };
 use serde::Deserialize;
 
@@ -164,11 +165,13 @@ fn flat(rows: &[Vec<f64>]) -> Vec<f64> {
 }
 
 /// Which implementation a fixture check runs: the one `fairrep_loss::route` picks for the
-/// device, or the tensor-op reference whatever the device.
+/// device, the tensor-op reference whatever the device, or the tiled host path of the CPU
+/// devices (routed only from about a million pairs, far above the fixtures' sizes).
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Path {
     Routed,
     TensorOps,
+    HostTiled,
 }
 
 type SinkhornFn = fn(
@@ -201,6 +204,9 @@ fn sinkhorn_with_grads(
     let solve: SinkhornFn = match path {
         Path::Routed => sinkhorn_divergence,
         Path::TensorOps => sinkhorn_divergence_tensor_ops,
+        Path::HostTiled => |x, y, a, b, config| {
+            sinkhorn_divergence_on(fairrep_loss::route::Path::HostTiled, x, y, a, b, config)
+        },
     };
     let out = solve(x.clone(), y.clone(), Some(a), Some(b), &config).unwrap();
     let grads = out.value.backward();
@@ -311,6 +317,12 @@ fn check_mmd_fixtures(device: &Device, p: Precision, path: Path) {
                 let out =
                     mmd2_with_bandwidths(x.clone(), y, Some(a.clone()), Some(b.clone()), &config)
                         .unwrap();
+                (out.value, out.bandwidths)
+            }
+            Path::HostTiled => {
+                let tiled = fairrep_loss::route::Path::HostTiled;
+                let (a, b) = (Some(a.clone()), Some(b.clone()));
+                let out = mmd2_on(tiled, x.clone(), y, a, b, &config).unwrap();
                 (out.value, out.bandwidths)
             }
             Path::TensorOps => {
@@ -667,6 +679,17 @@ fn tensor_op_path_matches_references_on_flex() {
     let device = Device::flex();
     check_sinkhorn_fixtures(&device, F32, Path::TensorOps);
     check_mmd_fixtures(&device, F64, Path::TensorOps);
+}
+
+/// The tiled host path (costs and kernel values computed from the points, no stored matrix)
+/// against the same fixtures and tolerances, both precisions, on the CPU.
+#[test]
+fn tiled_host_path_matches_references_on_flex() {
+    let device = Device::flex();
+    check_sinkhorn_fixtures(&device, F32, Path::HostTiled);
+    check_sinkhorn_fixtures(&device, F64, Path::HostTiled);
+    check_mmd_fixtures(&device, F32, Path::HostTiled);
+    check_mmd_fixtures(&device, F64, Path::HostTiled);
 }
 
 /// Identical clouds are the near-symmetric case where plain alternating steps oscillate:

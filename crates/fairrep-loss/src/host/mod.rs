@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 pub(crate) mod mmd;
 pub(crate) mod sinkhorn;
+pub(crate) mod tiled;
 
 /// The float types of the host loop: `f32` and `f64`.
 pub(crate) trait HostFloat:
@@ -39,6 +40,9 @@ pub(crate) trait HostFloat:
     fn ln(self) -> Self;
     /// `exp(x)` for `x <= 0`, as accurate as the type's own rounding allows.
     fn exp_nonpositive(self) -> Self;
+    /// `self * a + b` with one rounding: one fused multiply-add instruction under the
+    /// instruction sets `pulp` dispatches to here (AVX2 + FMA, AVX-512).
+    fn mul_add(self, a: Self, b: Self) -> Self;
 }
 
 impl HostFloat for f32 {
@@ -55,6 +59,11 @@ impl HostFloat for f32 {
 
     fn ln(self) -> Self {
         f32::ln(self)
+    }
+
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f32::mul_add(self, a, b)
     }
 
     /// Branch-free so that loops over it vectorise: `x = k ln 2 + r` with `k` an integer and
@@ -104,6 +113,11 @@ impl HostFloat for f64 {
 
     fn ln(self) -> Self {
         f64::ln(self)
+    }
+
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f64::mul_add(self, a, b)
     }
 
     /// The standard library's `exp`: float64 runs are for accuracy, not speed.

@@ -74,35 +74,53 @@ impl<F: HostFloat> SolverOps for HostSoftmin<F> {
     }
 
     fn relax(&self, old: &Vec<F>, new: Vec<F>, w: f64) -> Vec<F> {
-        if w == 1.0 {
-            return new;
-        }
-        let (keep, take) = (F::of(1.0 - w), F::of(w));
-        old.iter()
-            .zip(new)
-            .map(|(&o, n)| o * keep + n * take)
-            .collect()
+        relax_host(old, new, w)
     }
 
     fn log_weights(&self, w: &Vec<F>) -> Vec<F> {
-        let log_zero = F::of(LOG_ZERO);
-        w.iter()
-            .map(|&v| if v > F::ZERO { v.ln() } else { log_zero })
-            .collect()
+        log_weights_host(w)
     }
 
     fn marginal_errors(&self, eps: f64, terms: &[(&Vec<F>, &Vec<F>, &Vec<F>)]) -> Vec<f64> {
-        let inv = 1.0 / eps;
-        terms
-            .iter()
-            .map(|(w, old, new)| {
-                w.iter()
-                    .zip(old.iter().zip(new.iter()))
-                    .map(|(w, (o, n))| w.get() * (((o.get() - n.get()) * inv).exp() - 1.0).abs())
-                    .sum()
-            })
-            .collect()
+        marginal_errors_host(eps, terms)
     }
+}
+
+/// `(1 - w) old + w new` on host vectors (`crate::solver::SolverOps::relax`).
+pub(super) fn relax_host<F: HostFloat>(old: &[F], new: Vec<F>, w: f64) -> Vec<F> {
+    if w == 1.0 {
+        return new;
+    }
+    let (keep, take) = (F::of(1.0 - w), F::of(w));
+    old.iter()
+        .zip(new)
+        .map(|(&o, n)| o * keep + n * take)
+        .collect()
+}
+
+/// Log-weights on host vectors, `log 0` the finite [`LOG_ZERO`].
+pub(super) fn log_weights_host<F: HostFloat>(w: &[F]) -> Vec<F> {
+    let log_zero = F::of(LOG_ZERO);
+    w.iter()
+        .map(|&v| if v > F::ZERO { v.ln() } else { log_zero })
+        .collect()
+}
+
+/// `crate::solver::SolverOps::marginal_errors` on host vectors, accumulated in float64.
+pub(super) fn marginal_errors_host<F: HostFloat>(
+    eps: f64,
+    terms: &[(&Vec<F>, &Vec<F>, &Vec<F>)],
+) -> Vec<f64> {
+    let inv = 1.0 / eps;
+    terms
+        .iter()
+        .map(|(w, old, new)| {
+            w.iter()
+                .zip(old.iter().zip(new.iter()))
+                .map(|(w, (o, n))| w.get() * (((o.get() - n.get()) * inv).exp() - 1.0).abs())
+                .sum()
+        })
+        .collect()
 }
 
 /// The host loop's solution with what the last step needs: the cost matrices and the weights.
