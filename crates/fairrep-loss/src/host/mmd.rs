@@ -4,7 +4,6 @@ use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::{HostFloat, host_vec, sum_of, to_tensor, with_gradients};
-use crate::kernel::unbiased_scale;
 
 /// One kernel block `K(P, Q)` between two clouds with weights `u`, `v`: the quadratic form
 /// `T = u' K v` and, when kept for a gradient, the matrix `L_ij = mean_s exp(-|p_i - q_j|^2 /
@@ -211,18 +210,8 @@ pub(crate) fn mmd2_on_host<F: HostFloat>(
     let kyy = block(&yc, &yc, &y_norms, &y_norms, &b_h, &b_h, gy);
     let kxy = block(&xc, &yc, &x_norms, &y_norms, &a_h, &b_h, gx || gy);
 
-    // Unbiased self terms: (T - sum u_i^2) / (1 - sum u_i^2), zero where undefined (k_ii = 1).
-    let self_scale = |u: &[F]| {
-        let diag: f64 = u.iter().map(|v| v.get() * v.get()).sum();
-        match (unbiased, unbiased_scale(diag)) {
-            (false, _) => (0.0, 1.0),
-            (true, Some(scale)) => (diag, scale),
-            (true, None) => (0.0, 0.0),
-        }
-    };
-    let (diag_a, scale_a) = self_scale(&a_h);
-    let (diag_b, scale_b) = self_scale(&b_h);
-    let value = (kxx.form - diag_a) * scale_a + (kyy.form - diag_b) * scale_b - 2.0 * kxy.form;
+    let (value, [scale_a, scale_b]) =
+        super::mmd2_from_forms([kxx.form, kyy.form, kxy.form], (&a_h, &b_h), unbiased);
     let value_t =
         Tensor::<1>::from_data(TensorData::new(vec![F::of(value)], [1]), (&device, dtype));
     if !(gx || gy) {

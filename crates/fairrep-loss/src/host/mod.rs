@@ -271,6 +271,44 @@ impl<F: HostFloat> pulp::WithSimd for RowBlock<'_, F> {
     }
 }
 
+/// The debiased Sinkhorn divergence from the last step's potentials (docs/MATH.md):
+/// `<a, f_ba - f_aa> + <b, g_ab - g_bb>`, summed in float64. Shared by the stored and the
+/// tiled host paths.
+pub(crate) fn potential_gap<F: HostFloat>(
+    (a, f_ba, f_aa): (&[F], &[F], &[F]),
+    (b, g_ab, g_bb): (&[F], &[F], &[F]),
+) -> f64 {
+    let dot = |w: &[F], u: &[F], v: &[F]| -> f64 {
+        w.iter()
+            .zip(u.iter().zip(v))
+            .map(|(w, (u, v))| w.get() * (u.get() - v.get()))
+            .sum()
+    };
+    dot(a, f_ba, f_aa) + dot(b, g_ab, g_bb)
+}
+
+/// MMD² from the three quadratic forms `T_xx = a' K_xx a`, `T_yy`, `T_xy`: `T_xx + T_yy -
+/// 2 T_xy`, with the U-statistic's self terms (`(T - sum u_i^2) / (1 - sum u_i^2)`, 0 where
+/// undefined) when `unbiased`. Returns the value and each self term's scale, which the
+/// gradient reuses. Shared by the stored and the tiled host paths.
+pub(crate) fn mmd2_from_forms<F: HostFloat>(
+    [t_xx, t_yy, t_xy]: [f64; 3],
+    (a, b): (&[F], &[F]),
+    unbiased: bool,
+) -> (f64, [f64; 2]) {
+    let self_scale = |u: &[F]| {
+        let diag: f64 = u.iter().map(|v| v.get() * v.get()).sum();
+        match (unbiased, crate::kernel::unbiased_scale(diag)) {
+            (false, _) => (0.0, 1.0),
+            (true, Some(scale)) => (diag, scale),
+            (true, None) => (0.0, 0.0),
+        }
+    };
+    let ((diag_a, scale_a), (diag_b, scale_b)) = (self_scale(a), self_scale(b));
+    let value = (t_xx - diag_a) * scale_a + (t_yy - diag_b) * scale_b - 2.0 * t_xy;
+    (value, [scale_a, scale_b])
+}
+
 /// The values of a tensor in row-major order, as `F`.
 pub(crate) fn host_vec<F: HostFloat, const D: usize>(t: Tensor<D>) -> Vec<F> {
     t.into_data()

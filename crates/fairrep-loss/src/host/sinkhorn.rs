@@ -193,13 +193,7 @@ pub(crate) fn divergence<F: HostFloat>(
     let (f_aa, p_aa) = op.softmin_with_plan(eps, Pair::XX, &a_log, &p.f_aa, gx);
     let (g_ab, p_ba) = op.softmin_with_plan(eps, Pair::YX, &a_log, &p.f_ba, gy);
     let (g_bb, p_bb) = op.softmin_with_plan(eps, Pair::YY, &b_log, &p.g_bb, gy);
-    let dot = |w: &[F], u: &[F], v: &[F]| -> f64 {
-        w.iter()
-            .zip(u.iter().zip(v))
-            .map(|(w, (u, v))| w.get() * (u.get() - v.get()))
-            .sum()
-    };
-    let value = dot(&a_h, &f_ba, &f_aa) + dot(&b_h, &g_ab, &g_bb);
+    let value = super::potential_gap((&a_h, &f_ba, &f_aa), (&b_h, &g_ab, &g_bb));
     // The outputs in the inputs' dtype (the loop may run in float64 for float32 inputs).
     let (device, dtype) = (problem.a.device(), problem.a.dtype());
     let out_dtype = x.dtype();

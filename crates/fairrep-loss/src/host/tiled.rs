@@ -25,7 +25,6 @@ use rayon::prelude::*;
 use super::sinkhorn::{log_weights_host, marginal_errors_host, relax_host};
 use super::{HostFloat, LANES, host_vec, max_of, sum_of, to_tensor, with_gradients};
 use crate::config::{LossError, SinkhornConfig};
-use crate::kernel::unbiased_scale;
 use crate::solver::{Pair, Problem, SinkhornOutput, SolveOutput, SolverOps, solve_with};
 
 /// Rows of a tile: one parallel task sweeps this many rows against every column.
@@ -492,13 +491,7 @@ pub(crate) fn divergence<F: HostFloat>(
     let (f_aa, x_bar_aa) = op.softmin_with_barycentres(eps, Pair::XX, &a_log, &p.f_aa, gx);
     let (g_ab, x_bar_ba) = op.softmin_with_barycentres(eps, Pair::YX, &a_log, &p.f_ba, gy);
     let (g_bb, y_bar_bb) = op.softmin_with_barycentres(eps, Pair::YY, &b_log, &p.g_bb, gy);
-    let dot = |w: &[F], u: &[F], v: &[F]| -> f64 {
-        w.iter()
-            .zip(u.iter().zip(v))
-            .map(|(w, (u, v))| w.get() * (u.get() - v.get()))
-            .sum()
-    };
-    let value = dot(&a_h, &f_ba, &f_aa) + dot(&b_h, &g_ab, &g_bb);
+    let value = super::potential_gap((&a_h, &f_ba, &f_aa), (&b_h, &g_ab, &g_bb));
     let device = problem.a.device();
     let out_dtype = x.dtype();
     let value_t = Tensor::<1>::from_data(TensorData::new(vec![value], [1]), (&device, out_dtype));
@@ -698,17 +691,8 @@ pub(crate) fn mmd2_tiled<F: HostFloat>(
     let kxx = kernel_tiled(&xc, &xc, (&a_h, &a_h), bandwidths, gx);
     let kyy = kernel_tiled(&yc, &yc, (&b_h, &b_h), bandwidths, gy);
     let kxy = kernel_tiled(&xc, &yc, (&a_h, &b_h), bandwidths, gx);
-    let self_scale = |u: &[F]| {
-        let diag: f64 = u.iter().map(|v| v.get() * v.get()).sum();
-        match (unbiased, unbiased_scale(diag)) {
-            (false, _) => (0.0, 1.0),
-            (true, Some(scale)) => (diag, scale),
-            (true, None) => (0.0, 0.0),
-        }
-    };
-    let (diag_a, scale_a) = self_scale(&a_h);
-    let (diag_b, scale_b) = self_scale(&b_h);
-    let value = (kxx.form - diag_a) * scale_a + (kyy.form - diag_b) * scale_b - 2.0 * kxy.form;
+    let (value, [scale_a, scale_b]) =
+        super::mmd2_from_forms([kxx.form, kyy.form, kxy.form], (&a_h, &b_h), unbiased);
     let value_t =
         Tensor::<1>::from_data(TensorData::new(vec![F::of(value)], [1]), (&device, dtype));
     if !(gx || gy) {
