@@ -391,12 +391,7 @@ impl FermConfig {
             ));
         }
         if let Some(name) = &self.run.name {
-            let plain = !name.is_empty()
-                && name != "."
-                && name != ".."
-                && !name.contains(['/', '\\'])
-                && !name.starts_with('.')
-                && !name.chars().any(char::is_control);
+            let plain = fairrep_data::fs::is_plain_file_name(name);
             if !plain {
                 return Err(invalid(
                     "run.name",

@@ -94,6 +94,17 @@ pub fn create_dir_all(path: &Path) -> Result<(), FsError> {
     fs::create_dir_all(path).map_err(|e| FsError::new("cannot create directory", path, e))
 }
 
+/// Whether `name` is one plain file name: not empty, not `.` or `..`, no path separator, no
+/// leading dot, no control character (so a directory named by it stays inside its parent).
+pub fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\'])
+        && !name.starts_with('.')
+        && !name.chars().any(char::is_control)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,8 @@
 //! as a line, the configurations chosen by the rules ringed.
 use std::fmt::Write as _;
 
+use fairrep_train::plot::escape;
+
 use crate::front::{Analysis, ConfigPoint, Stat, Unfairness};
 
 const W: f64 = 460.0;
@@ -11,13 +13,6 @@ const ML: f64 = 62.0;
 const MR: f64 = 16.0;
 const MT: f64 = 30.0;
 const MB: f64 = 44.0;
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
 
 fn range(stats: impl Iterator<Item = Stat>) -> (f64, f64) {
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);

@@ -34,7 +34,8 @@ const MARGIN_R: f64 = 16.0;
 const MARGIN_T: f64 = 30.0;
 const MARGIN_B: f64 = 44.0;
 
-fn escape(text: &str) -> String {
+/// `text` escaped for SVG text and attribute values.
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

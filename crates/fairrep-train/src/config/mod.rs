@@ -754,12 +754,7 @@ impl RunSection {
     /// directory stays inside `out_dir`; `stop_after_epoch` is before the last epoch.
     fn validate(&self, epochs: usize, invalid: &Invalid<'_>) -> Result<(), ConfigError> {
         if let Some(name) = &self.name {
-            let plain = !name.is_empty()
-                && name != "."
-                && name != ".."
-                && !name.contains(['/', '\\'])
-                && !name.starts_with('.')
-                && !name.chars().any(char::is_control);
+            let plain = fairrep_data::fs::is_plain_file_name(name);
             if !plain {
                 return Err(invalid.at(
                     "run.name",
