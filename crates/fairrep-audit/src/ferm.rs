@@ -582,6 +582,13 @@ fn training_split(ds: &Dataset, scored: SplitName) -> Split {
         x: Matrix::new(values, ds.train.len() + ds.valid.len(), ds.train.x.cols),
         groups,
         targets,
+        attributes: ds
+            .train
+            .attributes
+            .iter()
+            .zip(&ds.valid.attributes)
+            .map(|(a, b)| a.iter().chain(b).copied().collect())
+            .collect(),
     }
 }
 

@@ -111,6 +111,25 @@ pub enum DataError {
         /// Size of every group in that split, for context.
         sizes: String,
     },
+    /// An intersection cell of several sensitive attributes has no rows in some split.
+    #[error(
+        "intersection cell `{cell}` of the sensitive attributes [{attributes}] has no rows in \
+         the {split} split of dataset `{dataset}` (expected at least one; cell sizes there: \
+         {sizes}); merge groups in data.sensitive (an attribute's `groups = [{{ name, values \
+         }}]` may map several values to one group) so that every cell has rows in every split"
+    )]
+    EmptyCell {
+        /// Dataset name.
+        dataset: String,
+        /// The cell's name (`A & B`).
+        cell: String,
+        /// The attributes' names.
+        attributes: String,
+        /// `train`, `valid` or `test`.
+        split: String,
+        /// Size of every cell in that split, for context.
+        sizes: String,
+    },
     /// No data row to use: a file with only a header, or filters that remove every row.
     #[error("`{}`: {reason}", file.display())]
     NoRows {

@@ -24,8 +24,9 @@ mod table;
 pub use batches::{StratifiedBatches, epoch_seed, stratified_batches, stratified_subsample};
 pub use error::DataError;
 pub use load::{
-    CategoryLevels, ColumnKind, Dataset, Encoding, InputColumn, LoadOptions, NumericStats,
-    Preprocessing, Schema, Split, SplitName, TaskInfo, apply_preprocessing, check_schema, load,
+    AttributeInfo, CategoryLevels, ColumnKind, Dataset, Encoding, InputColumn, LoadOptions,
+    NumericStats, Preprocessing, Schema, Split, SplitName, TaskInfo, apply_preprocessing,
+    check_schema, load,
 };
 pub use matrix::Matrix;
 pub use spec::{DatasetSpec, SplitFractions, load_spec, parse_spec, resolve_spec};

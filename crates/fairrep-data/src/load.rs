@@ -29,8 +29,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::DataError;
 use crate::matrix::Matrix;
 use crate::spec::{
-    DEFAULT_VALID_FRACTION, DatasetSpec, ExcludeTaskColumns, Op, PredicateValue, Scalar,
-    SensitiveSpec, SplitFractions, SplitKind, TaskKind, TaskSpec, Unmatched,
+    AttributeSpec, DEFAULT_VALID_FRACTION, DatasetSpec, ExcludeTaskColumns, MAX_ATTRIBUTES,
+    MAX_CELLS, Op, PredicateValue, Scalar, SensitiveSpec, SplitFractions, SplitKind, TaskKind,
+    TaskSpec, Unmatched, check_sensitive,
 };
 use crate::table::{Table, read_partition, read_table};
 
@@ -52,6 +53,12 @@ pub struct LoadOptions {
     /// (even when `aware`), so that a head trained on the representation later cannot read
     /// its label straight from an input.
     pub held_out: Vec<String>,
+    /// Several sensitive attributes, replacing the spec's `[sensitive]` (empty: the spec's one
+    /// attribute). The rows are then grouped by the intersection cells of the attributes'
+    /// groups ([`Split::groups`], [`Schema::groups`]) and carry each attribute's group too
+    /// ([`Split::attributes`], [`Schema::attributes`]); a one-element list gives the same
+    /// groups as the spec's table, with the attribute recorded.
+    pub attributes: Vec<AttributeSpec>,
 }
 
 impl Default for LoadOptions {
@@ -63,6 +70,7 @@ impl Default for LoadOptions {
             split_seed: 0,
             split: None,
             held_out: Vec::new(),
+            attributes: Vec::new(),
         }
     }
 }
@@ -117,6 +125,22 @@ pub struct Schema {
     pub tasks: Vec<TaskInfo>,
     /// Whether sensitive / task columns were kept as inputs.
     pub aware: bool,
+    /// With several sensitive attributes, what each attribute's group ids mean, in attribute
+    /// order; [`Schema::groups`] then names the intersection cells. Empty with the spec's
+    /// single `[sensitive]` table (and absent from manifests written before it existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<AttributeInfo>,
+}
+
+/// One sensitive attribute of a run with several.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttributeInfo {
+    /// The attribute's name.
+    pub name: String,
+    /// Its column.
+    pub column: String,
+    /// Its group names; group id = index.
+    pub groups: Vec<String>,
 }
 
 /// Standardisation statistics of one numeric column (train split).
@@ -200,10 +224,14 @@ impl std::str::FromStr for SplitName {
 pub struct Split {
     /// `n x d` features.
     pub x: Matrix<f32>,
-    /// Group id per row, in `0..n_groups`.
+    /// Group id per row, in `0..n_groups`: with several sensitive attributes, the
+    /// intersection cell (see [`Schema::groups`]). Batches and splits are stratified by it.
     pub groups: Vec<u32>,
     /// One vector per task, each of length `n`; binary tasks are 0.0 / 1.0.
     pub targets: Vec<Vec<f32>>,
+    /// With several sensitive attributes, one vector of group ids per attribute (ids into
+    /// [`AttributeInfo::groups`]), each of length `n`; empty with one attribute.
+    pub attributes: Vec<Vec<u32>>,
 }
 
 impl Split {
@@ -226,6 +254,11 @@ impl Split {
                 .targets
                 .iter()
                 .map(|t| idx.iter().map(|&i| t[i]).collect())
+                .collect(),
+            attributes: self
+                .attributes
+                .iter()
+                .map(|a| idx.iter().map(|&i| a[i]).collect())
                 .collect(),
         }
     }
@@ -397,22 +430,16 @@ fn load_encoded(
 ) -> Result<Dataset, DataError> {
     spec.validate()?;
     let tasks = select_tasks(spec, opts)?;
+    check_attributes(spec, opts)?;
     let inputs = InputColumns::select(spec, opts, &tasks)?;
-    let mut tables = Tables::read(spec, opts, &inputs.needed(spec, &tasks))?;
-    let mut rows = keep_rows(spec, &mut tables, &tasks)?;
+    let mut tables = Tables::read(spec, opts, &inputs.needed(spec, opts, &tasks))?;
+    let mut rows = keep_rows(spec, opts, &mut tables, &tasks)?;
     assign_splits(spec, opts, &tasks, &mut rows)?;
     let preprocessing = match encoding {
         Encoding::Fit => fit_preprocessing(&mut tables, &rows, &inputs)?,
         Encoding::Resume(_, p) | Encoding::Transfer(_, p) => p.clone(),
     };
-    let schema = build_schema(
-        spec,
-        opts,
-        &tasks,
-        &inputs,
-        &preprocessing,
-        &rows.group_names,
-    );
+    let schema = build_schema(spec, opts, &tasks, &inputs, &preprocessing, &rows);
     match encoding {
         Encoding::Fit => {}
         Encoding::Resume(saved, p) => {
@@ -501,7 +528,9 @@ impl InputColumns {
             push_unique(&mut excluded, &t.column);
         }
         if !opts.aware {
-            excluded.push(spec.sensitive.column.clone());
+            for s in sensitive_specs(spec, opts) {
+                push_unique(&mut excluded, &s.column);
+            }
             let task_columns: Vec<&TaskSpec> = match spec.inputs.exclude_task_columns {
                 ExcludeTaskColumns::Selected => tasks.to_vec(),
                 ExcludeTaskColumns::All => spec.tasks.iter().collect(),
@@ -535,13 +564,15 @@ impl InputColumns {
 
     /// Every column the rows need: inputs, the sensitive column, the tasks', the filters' and
     /// the partition key.
-    fn needed(&self, spec: &DatasetSpec, tasks: &[&TaskSpec]) -> Vec<String> {
+    fn needed(&self, spec: &DatasetSpec, opts: &LoadOptions, tasks: &[&TaskSpec]) -> Vec<String> {
         let mut needed: Vec<String> = Vec::new();
         self.numeric
             .iter()
             .chain(&self.categorical)
             .for_each(|c| push_unique(&mut needed, c));
-        push_unique(&mut needed, &spec.sensitive.column);
+        for s in sensitive_specs(spec, opts) {
+            push_unique(&mut needed, &s.column);
+        }
         tasks
             .iter()
             .for_each(|t| push_unique(&mut needed, &t.column));
@@ -637,6 +668,8 @@ struct Kept {
     table: usize,
     row: usize,
     group: u32,
+    /// Each attribute's group, with [`LoadOptions::attributes`] (else empty).
+    attributes: Vec<u32>,
     targets: Vec<f32>,
     split: Option<SplitName>,
 }
@@ -645,6 +678,8 @@ struct Kept {
 struct KeptRows {
     kept: Vec<Kept>,
     group_names: Vec<String>,
+    /// With [`LoadOptions::attributes`], what each attribute's ids mean (else empty).
+    attributes: Vec<AttributeInfo>,
 }
 
 impl KeptRows {
@@ -757,23 +792,82 @@ fn fixed_split(
     }
 }
 
-/// Stage 4: the rows that pass the filters, with their group, targets and fixed split.
-fn keep_rows(
-    spec: &DatasetSpec,
-    tables: &mut Tables,
-    tasks: &[&TaskSpec],
-) -> Result<KeptRows, DataError> {
-    let sens = &spec.sensitive;
-    let mut group_names: Vec<String> = match (&sens.groups, sens.threshold) {
+/// The sensitive attributes of a load: [`LoadOptions::attributes`], else the spec's table.
+fn sensitive_specs(spec: &DatasetSpec, opts: &LoadOptions) -> Vec<SensitiveSpec> {
+    if opts.attributes.is_empty() {
+        vec![spec.sensitive.clone()]
+    } else {
+        opts.attributes
+            .iter()
+            .map(AttributeSpec::sensitive)
+            .collect()
+    }
+}
+
+/// Checks [`LoadOptions::attributes`]: at most [`MAX_ATTRIBUTES`], distinct non-empty names,
+/// each a valid `[sensitive]` table; errors name `data.sensitive[i]`.
+fn check_attributes(spec: &DatasetSpec, opts: &LoadOptions) -> Result<(), DataError> {
+    let attrs = &opts.attributes;
+    if attrs.len() > MAX_ATTRIBUTES {
+        return Err(DataError::InvalidArgument {
+            what: "sensitive attributes (data.sensitive)".into(),
+            expected: format!("at most {MAX_ATTRIBUTES}"),
+            found: attrs.len().to_string(),
+        });
+    }
+    for (i, a) in attrs.iter().enumerate() {
+        let key = format!("data.sensitive[{i}]");
+        if a.name.trim().is_empty() || attrs[..i].iter().any(|o| o.name == a.name) {
+            return Err(DataError::InvalidArgument {
+                what: format!("{key}.name"),
+                expected: "a distinct non-empty attribute name".into(),
+                found: format!("`{}`", a.name),
+            });
+        }
+        check_sensitive(spec, &key, &a.sensitive()).map_err(|e| match e {
+            DataError::SpecInvalid {
+                key,
+                expected,
+                found,
+                ..
+            } => DataError::InvalidArgument {
+                what: format!("sensitive attribute `{}`: key `{key}`", a.name),
+                expected,
+                found,
+            },
+            other => other,
+        })?;
+    }
+    Ok(())
+}
+
+/// The group names of one `[sensitive]` table before the `other` group.
+fn listed_group_names(sens: &SensitiveSpec) -> Vec<String> {
+    match (&sens.groups, sens.threshold) {
         (Some(g), _) => g.iter().map(|g| g.name.clone()).collect(),
         (None, Some(th)) => sens
             .threshold_names
             .clone()
             .unwrap_or_else(|| vec![format!("lt_{th}"), format!("ge_{th}")]),
         (None, None) => unreachable!("validated"),
-    };
-    let other_id = group_names.len() as u32;
-    let mut other_used = false;
+    }
+}
+
+/// Stage 4: the rows that pass the filters, with their group, targets and fixed split. With
+/// several attributes, a row dropped by one attribute (`unmatched = "drop"`) is dropped, and
+/// the row's group is its intersection cell: the cells present in the data, numbered in the
+/// lexicographic order of their attributes' group ids, named `A & B`.
+fn keep_rows(
+    spec: &DatasetSpec,
+    opts: &LoadOptions,
+    tables: &mut Tables,
+    tasks: &[&TaskSpec],
+) -> Result<KeptRows, DataError> {
+    let specs = sensitive_specs(spec, opts);
+    let several = !opts.attributes.is_empty();
+    let mut names: Vec<Vec<String>> = specs.iter().map(listed_group_names).collect();
+    let other_ids: Vec<u32> = names.iter().map(|n| n.len() as u32).collect();
+    let mut other_used = vec![false; specs.len()];
     let mut kept: Vec<Kept> = Vec::new();
     let Tables {
         tables,
@@ -783,7 +877,7 @@ fn keep_rows(
     for (ti, t) in tables.iter().enumerate() {
         let cache = &mut caches[ti];
         let filt_cols: Vec<usize> = spec.filters.iter().map(|f| t.col(&f.column)).collect();
-        let sc = t.col(&sens.column);
+        let sens_cols: Vec<usize> = specs.iter().map(|s| t.col(&s.column)).collect();
         let task_cols: Vec<usize> = tasks.iter().map(|tk| t.col(&tk.column)).collect();
         let part = if ti == 0 { partition.as_deref() } else { None };
         'rows: for r in 0..t.n_rows() {
@@ -792,14 +886,17 @@ fn keep_rows(
                     continue 'rows;
                 }
             }
-            let group = match row_group(t, cache, sens, sc, r)? {
-                GroupOf::Group(g) => g,
-                GroupOf::Other => {
-                    other_used = true;
-                    other_id
-                }
-                GroupOf::Drop => continue 'rows,
-            };
+            let mut ids = Vec::with_capacity(specs.len());
+            for (a, (sens, &sc)) in specs.iter().zip(&sens_cols).enumerate() {
+                ids.push(match row_group(t, cache, sens, sc, r)? {
+                    GroupOf::Group(g) => g,
+                    GroupOf::Other => {
+                        other_used[a] = true;
+                        other_ids[a]
+                    }
+                    GroupOf::Drop => continue 'rows,
+                });
+            }
             let mut targets = Vec::with_capacity(tasks.len());
             for (tk, &c) in tasks.iter().zip(&task_cols) {
                 targets.push(match tk.kind {
@@ -828,14 +925,17 @@ fn keep_rows(
             kept.push(Kept {
                 table: ti,
                 row: r,
-                group,
+                group: ids[0],
+                attributes: if several { ids } else { Vec::new() },
                 targets,
                 split: fixed_split(spec, ti, t, part, r)?,
             });
         }
     }
-    if other_used {
-        group_names.push(sens.other_name.clone().unwrap_or_else(|| "other".into()));
+    for ((names, sens), used) in names.iter_mut().zip(&specs).zip(other_used) {
+        if used {
+            names.push(sens.other_name.clone().unwrap_or_else(|| "other".into()));
+        }
     }
     if kept.is_empty() {
         let read: usize = tables.iter().map(Table::n_rows).sum();
@@ -853,7 +953,16 @@ fn keep_rows(
             ),
         });
     }
-    let rows = KeptRows { kept, group_names };
+    let rows = if several {
+        intersect(spec, opts, kept, names)?
+    } else {
+        let group_names = names.pop().expect("one attribute");
+        KeptRows {
+            kept,
+            group_names,
+            attributes: Vec::new(),
+        }
+    };
     if rows.group_names.len() < 2 {
         return Err(DataError::InvalidArgument {
             what: format!("sensitive groups of dataset `{}`", spec.name),
@@ -872,6 +981,97 @@ fn keep_rows(
         });
     }
     Ok(rows)
+}
+
+/// The intersection cells of several attributes: every attribute's groups must have rows and
+/// be at least two; the cells present are numbered in the lexicographic order of the
+/// attributes' group ids (at most [`MAX_CELLS`]).
+fn intersect(
+    spec: &DatasetSpec,
+    opts: &LoadOptions,
+    mut kept: Vec<Kept>,
+    names: Vec<Vec<String>>,
+) -> Result<KeptRows, DataError> {
+    let attributes: Vec<AttributeInfo> = opts
+        .attributes
+        .iter()
+        .zip(names)
+        .map(|(a, groups)| AttributeInfo {
+            name: a.name.clone(),
+            column: a.column.clone(),
+            groups,
+        })
+        .collect();
+    for (a, info) in attributes.iter().enumerate() {
+        let mut counts = vec![0usize; info.groups.len()];
+        kept.iter()
+            .for_each(|k| counts[k.attributes[a] as usize] += 1);
+        let sizes = || {
+            info.groups
+                .iter()
+                .zip(&counts)
+                .map(|(g, c)| format!("{g}: {c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some(g) = counts.iter().position(|&c| c == 0) {
+            return Err(DataError::EmptyGroup {
+                dataset: spec.name.clone(),
+                group: format!("{} (attribute `{}`)", info.groups[g], info.name),
+                split: "filtered data".into(),
+                sizes: sizes(),
+            });
+        }
+        if counts.len() < 2 {
+            return Err(DataError::InvalidArgument {
+                what: format!(
+                    "sensitive attribute `{}` of dataset `{}`",
+                    info.name, spec.name
+                ),
+                expected: "at least two groups (demographic parity compares groups)".into(),
+                found: format!("only [{}]", sizes()),
+            });
+        }
+    }
+    let cells: std::collections::BTreeSet<Vec<u32>> =
+        kept.iter().map(|k| k.attributes.clone()).collect();
+    if cells.len() > MAX_CELLS {
+        return Err(DataError::InvalidArgument {
+            what: format!(
+                "intersection cells of the sensitive attributes [{}] (data.sensitive)",
+                attributes
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            expected: format!("at most {MAX_CELLS} cells with rows (merge groups)"),
+            found: cells.len().to_string(),
+        });
+    }
+    let id_of: BTreeMap<&[u32], u32> = cells
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_slice(), i as u32))
+        .collect();
+    let group_names: Vec<String> = cells
+        .iter()
+        .map(|c| {
+            c.iter()
+                .zip(&attributes)
+                .map(|(&g, a)| a.groups[g as usize].as_str())
+                .collect::<Vec<_>>()
+                .join(" & ")
+        })
+        .collect();
+    for k in &mut kept {
+        k.group = id_of[k.attributes.as_slice()];
+    }
+    Ok(KeptRows {
+        kept,
+        group_names,
+        attributes,
+    })
 }
 
 /// Stage 5: the rows without a fixed split, stratified by group and first binary label; then
@@ -918,6 +1118,20 @@ fn assign_splits(
             .iter()
             .for_each(|&i| c[rows.kept[i].group as usize] += 1);
         if let Some(g) = c.iter().position(|&x| x == 0) {
+            if !rows.attributes.is_empty() {
+                return Err(DataError::EmptyCell {
+                    dataset: spec.name.clone(),
+                    cell: rows.group_names[g].clone(),
+                    attributes: rows
+                        .attributes
+                        .iter()
+                        .map(|a| a.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    split: name.name().into(),
+                    sizes: rows.sizes(&c),
+                });
+            }
             return Err(DataError::EmptyGroup {
                 dataset: spec.name.clone(),
                 group: rows.group_names[g].clone(),
@@ -997,7 +1211,7 @@ fn build_schema(
     tasks: &[&TaskSpec],
     inputs: &InputColumns,
     preprocessing: &Preprocessing,
-    group_names: &[String],
+    rows: &KeptRows,
 ) -> Schema {
     let mut columns = Vec::new();
     let mut features = Vec::new();
@@ -1027,8 +1241,16 @@ fn build_schema(
         dataset: spec.name.clone(),
         features,
         inputs: columns,
-        sensitive_column: spec.sensitive.column.clone(),
-        groups: group_names.to_vec(),
+        sensitive_column: if rows.attributes.is_empty() {
+            spec.sensitive.column.clone()
+        } else {
+            rows.attributes
+                .iter()
+                .map(|a| a.column.as_str())
+                .collect::<Vec<_>>()
+                .join(" & ")
+        },
+        groups: rows.group_names.clone(),
         tasks: tasks
             .iter()
             .map(|t| TaskInfo {
@@ -1038,6 +1260,7 @@ fn build_schema(
             })
             .collect(),
         aware: opts.aware,
+        attributes: rows.attributes.clone(),
     }
 }
 
@@ -1099,6 +1322,14 @@ fn encode_splits(
             x: Matrix::new(x, n, d),
             groups: members.iter().map(|&i| rows.kept[i].group).collect(),
             targets,
+            attributes: (0..rows.attributes.len())
+                .map(|a| {
+                    members
+                        .iter()
+                        .map(|&i| rows.kept[i].attributes[a])
+                        .collect()
+                })
+                .collect(),
         });
     }
     let mut splits = splits.into_iter();
@@ -1404,6 +1635,201 @@ mod tests {
         }
         assert_eq!(a, stratified_assign(&keys, &[0.7, 0.15, 0.15], 3));
         assert_ne!(a, stratified_assign(&keys, &[0.7, 0.15, 0.15], 4));
+    }
+
+    /// A table with a numeric input `a`, attributes `sex` (F/M) and `race` (W/B/O), task `y`;
+    /// `race = O` only where `keep_o(i)`.
+    fn attribute_table(dir: &Path, keep_o: impl Fn(usize) -> bool) -> DatasetSpec {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut csv = String::from("a,sex,race,y\n");
+        for i in 0..600 {
+            let sex = ["F", "M"][i % 2];
+            let race = match (i / 2) % 3 {
+                2 if keep_o(i) => "O",
+                2 => "W",
+                r => ["W", "B"][r],
+            };
+            csv += &format!("{},{sex},{race},{}\n", i % 11, (i / 6) % 2);
+        }
+        std::fs::write(dir.join("t.csv"), csv).unwrap();
+        crate::spec::parse_spec(
+            "name = \"t\"\n[files]\ntrain = { path = \"t.csv\" }\n[inputs]\nnumeric = \
+             [\"a\"]\ncategorical = [\"sex\", \"race\"]\n[sensitive]\ncolumn = \"sex\"\n\
+             groups = [{ name = \"F\", values = [\"F\"] }, { name = \"M\", values = \
+             [\"M\"] }]\n[[tasks]]\nname = \"y\"\ncolumn = \"y\"\nop = \"==\"\nvalue = \
+             1\n[split]\nkind = \"random\"\n",
+            &dir.join("t.toml"),
+        )
+        .unwrap()
+    }
+
+    fn attribute(name: &str, column: &str, groups: &[(&str, &[&str])]) -> AttributeSpec {
+        AttributeSpec {
+            name: name.into(),
+            column: column.into(),
+            groups: Some(
+                groups
+                    .iter()
+                    .map(|(n, v)| crate::spec::GroupSpec {
+                        name: (*n).into(),
+                        values: v.iter().map(|s| Scalar::Text((*s).into())).collect(),
+                    })
+                    .collect(),
+            ),
+            threshold: None,
+            threshold_names: None,
+            unmatched: Unmatched::Error,
+            other_name: None,
+        }
+    }
+
+    #[test]
+    fn several_attributes_give_dense_named_cells_and_per_attribute_ids() {
+        let dir = std::env::temp_dir().join(format!("fairrep-load-attr-{}", std::process::id()));
+        let spec = attribute_table(&dir, |_| true);
+        let sex = attribute("sex", "sex", &[("F", &["F"]), ("M", &["M"])]);
+        let race = attribute(
+            "race",
+            "race",
+            &[("W", &["W"]), ("B", &["B"]), ("O", &["O"])],
+        );
+        let opts = LoadOptions {
+            data_dir: dir.clone(),
+            attributes: vec![sex.clone(), race.clone()],
+            ..LoadOptions::default()
+        };
+        let ds = load(&spec, &opts, Encoding::Fit).unwrap();
+        assert_eq!(
+            ds.schema.groups,
+            ["F & W", "F & B", "F & O", "M & W", "M & B", "M & O"]
+        );
+        assert_eq!(ds.schema.sensitive_column, "sex & race");
+        let names: Vec<&str> = ds
+            .schema
+            .attributes
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        assert_eq!(names, ["sex", "race"]);
+        assert_eq!(ds.schema.attributes[1].groups, ["W", "B", "O"]);
+        // Neither attribute column is an input.
+        assert!(
+            ds.schema
+                .features
+                .iter()
+                .all(|f| !f.starts_with("sex") && !f.starts_with("race"))
+        );
+        for split in [&ds.train, &ds.valid, &ds.test] {
+            assert_eq!(split.attributes.len(), 2);
+            for i in 0..split.len() {
+                let (s, r) = (split.attributes[0][i], split.attributes[1][i]);
+                assert_eq!(split.groups[i], s * 3 + r, "row {i}");
+            }
+            assert!(split.group_counts(6).iter().all(|&c| c > 0));
+            // A gathered batch keeps the attributes row by row.
+            let b = split.gather(&[2, 0]);
+            assert_eq!(
+                b.attributes[1],
+                vec![split.attributes[1][2], split.attributes[1][0]]
+            );
+        }
+        // The single table, and the same attribute as a one-element list, give the same rows
+        // and groups; the list records the attribute.
+        let single = load(
+            &spec,
+            &LoadOptions {
+                data_dir: dir.clone(),
+                ..LoadOptions::default()
+            },
+            Encoding::Fit,
+        )
+        .unwrap();
+        let one = load(
+            &spec,
+            &LoadOptions {
+                data_dir: dir.clone(),
+                attributes: vec![sex],
+                ..LoadOptions::default()
+            },
+            Encoding::Fit,
+        )
+        .unwrap();
+        assert!(single.schema.attributes.is_empty() && single.train.attributes.is_empty());
+        assert_eq!(one.schema.groups, single.schema.groups);
+        assert_eq!(one.train.groups, single.train.groups);
+        assert_eq!(one.test.x, single.test.x);
+        assert_eq!(one.train.attributes, vec![single.train.groups.clone()]);
+        // A cell present in the data but in no row of the test split is refused, naming it,
+        // the split and the remedy.
+        std::fs::remove_dir_all(&dir).unwrap();
+        let spec = attribute_table(&dir, |i| i < 24);
+        let opts = LoadOptions {
+            data_dir: dir.clone(),
+            attributes: vec![
+                attribute("sex", "sex", &[("F", &["F"]), ("M", &["M"])]),
+                race,
+            ],
+            split: Some(SplitFractions {
+                train: 0.9,
+                valid: 0.05,
+                test: 0.05,
+            }),
+            ..LoadOptions::default()
+        };
+        let e = load(&spec, &opts, Encoding::Fit).unwrap_err().to_string();
+        assert!(
+            e.contains("intersection cell `")
+                && e.contains(" & O`")
+                && e.contains("split")
+                && e.contains("merge groups"),
+            "{e}"
+        );
+        // Merging O into W removes the empty cell.
+        let opts = LoadOptions {
+            attributes: vec![
+                attribute("sex", "sex", &[("F", &["F"]), ("M", &["M"])]),
+                attribute("race", "race", &[("W", &["W", "O"]), ("B", &["B"])]),
+            ],
+            ..opts
+        };
+        let ds = load(&spec, &opts, Encoding::Fit).unwrap();
+        assert_eq!(ds.schema.groups, ["F & W", "F & B", "M & W", "M & B"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn attribute_lists_are_checked() {
+        let dir = std::env::temp_dir().join(format!("fairrep-load-attrc-{}", std::process::id()));
+        let spec = attribute_table(&dir, |_| true);
+        let sex = attribute("sex", "sex", &[("F", &["F"]), ("M", &["M"])]);
+        let run = |attributes: Vec<AttributeSpec>| {
+            let opts = LoadOptions {
+                data_dir: dir.clone(),
+                attributes,
+                ..LoadOptions::default()
+            };
+            load(&spec, &opts, Encoding::Fit).unwrap_err().to_string()
+        };
+        let e = run(vec![sex.clone(), sex.clone()]);
+        assert!(
+            e.contains("data.sensitive[1].name") && e.contains("`sex`"),
+            "{e}"
+        );
+        let e = run(vec![sex.clone(); MAX_ATTRIBUTES + 1]);
+        assert!(e.contains("at most 8"), "{e}");
+        let mut one_group = attribute("race", "race", &[("W", &["W", "B", "O"])]);
+        let e = run(vec![sex.clone(), one_group.clone()]);
+        assert!(
+            e.contains("sensitive attribute `race`") && e.contains("data.sensitive[1].groups"),
+            "{e}"
+        );
+        one_group.threshold = Some(1.0);
+        let e = run(vec![sex.clone(), one_group]);
+        assert!(e.contains("either `groups` or `threshold`"), "{e}");
+        let missing = attribute("race", "race", &[("W", &["W"]), ("X", &["X"])]);
+        let e = run(vec![sex, missing]);
+        assert!(e.contains("race") && e.contains("sensitive values"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

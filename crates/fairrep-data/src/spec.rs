@@ -398,6 +398,54 @@ pub struct SensitiveSpec {
     pub other_name: Option<String>,
 }
 
+/// The most sensitive attributes one run may name (`[[data.sensitive]]`).
+pub const MAX_ATTRIBUTES: usize = 8;
+
+/// The most intersection cells (combinations of the attributes' groups present in the data)
+/// one run may have: every cell must appear in every batch.
+pub const MAX_CELLS: usize = 256;
+
+/// One named sensitive attribute of a run with several (`[[data.sensitive]]` in a training
+/// config): a name and the keys of `[sensitive]`. Its own type (not `[sensitive]` flattened),
+/// so that unknown keys stay errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeSpec {
+    /// The attribute's name in reports (e.g. `sex`).
+    pub name: String,
+    /// The column.
+    pub column: String,
+    /// Value groups (exclusive with `threshold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<GroupSpec>>,
+    /// Numeric threshold: group 1 is `value >= threshold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// Names of the below / at-or-above groups (default `lt_T`, `ge_T`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_names: Option<Vec<String>>,
+    /// Unmatched values.
+    #[serde(default)]
+    pub unmatched: Unmatched,
+    /// Name of the extra group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_name: Option<String>,
+}
+
+impl AttributeSpec {
+    /// The attribute's `[sensitive]` table.
+    pub fn sensitive(&self) -> SensitiveSpec {
+        SensitiveSpec {
+            column: self.column.clone(),
+            groups: self.groups.clone(),
+            threshold: self.threshold,
+            threshold_names: self.threshold_names.clone(),
+            unmatched: self.unmatched,
+            other_name: self.other_name.clone(),
+        }
+    }
+}
+
 /// Kind of target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -629,59 +677,7 @@ impl DatasetSpec {
         for (i, p) in self.filters.iter().enumerate() {
             check_predicate(self, &format!("filters[{i}]"), p.op, &p.value)?;
         }
-        let s = &self.sensitive;
-        match (&s.groups, s.threshold) {
-            (Some(g), None) => {
-                let other = usize::from(s.unmatched == Unmatched::Other);
-                if g.len() + other < 2 {
-                    return Err(self.invalid(
-                        "sensitive.groups",
-                        "at least two groups (or one with unmatched = \"other\")",
-                        format!("{} group(s)", g.len()),
-                    ));
-                }
-                for (i, gi) in g.iter().enumerate() {
-                    if g[..i].iter().any(|o| o.name == gi.name) {
-                        return Err(self.invalid(
-                            "sensitive.groups",
-                            "distinct group names",
-                            format!("`{}` twice", gi.name),
-                        ));
-                    }
-                }
-                if s.threshold_names.is_some() {
-                    return Err(self.invalid(
-                        "sensitive.threshold_names",
-                        "only with threshold",
-                        "groups",
-                    ));
-                }
-            }
-            (None, Some(t)) => {
-                if !t.is_finite() {
-                    return Err(self.invalid(
-                        "sensitive.threshold",
-                        "a finite number",
-                        t.to_string(),
-                    ));
-                }
-                if let Some(n) = &s.threshold_names
-                    && n.len() != 2
-                {
-                    return Err(self.invalid(
-                        "sensitive.threshold_names",
-                        "two names",
-                        format!("{} names", n.len()),
-                    ));
-                }
-            }
-            (Some(_), Some(_)) => {
-                return Err(self.invalid("sensitive", "either `groups` or `threshold`", "both"));
-            }
-            (None, None) => {
-                return Err(self.invalid("sensitive", "`groups` or `threshold`", "neither"));
-            }
-        }
+        check_sensitive(self, "sensitive", &self.sensitive)?;
         if self.tasks.is_empty() {
             return Err(self.invalid("tasks", "at least one [[tasks]] entry", "none"));
         }
@@ -823,4 +819,61 @@ fn check_predicate(
             v.to_string(),
         )),
     }
+}
+
+/// Checks one `[sensitive]` table (or one attribute of several): `key` names it in errors.
+pub fn check_sensitive(spec: &DatasetSpec, key: &str, s: &SensitiveSpec) -> Result<(), DataError> {
+    match (&s.groups, s.threshold) {
+        (Some(g), None) => {
+            let other = usize::from(s.unmatched == Unmatched::Other);
+            if g.len() + other < 2 {
+                return Err(spec.invalid(
+                    format!("{key}.groups"),
+                    "at least two groups (or one with unmatched = \"other\")",
+                    format!("{} group(s)", g.len()),
+                ));
+            }
+            for (i, gi) in g.iter().enumerate() {
+                if g[..i].iter().any(|o| o.name == gi.name) {
+                    return Err(spec.invalid(
+                        format!("{key}.groups"),
+                        "distinct group names",
+                        format!("`{}` twice", gi.name),
+                    ));
+                }
+            }
+            if s.threshold_names.is_some() {
+                return Err(spec.invalid(
+                    format!("{key}.threshold_names"),
+                    "only with threshold",
+                    "groups",
+                ));
+            }
+        }
+        (None, Some(t)) => {
+            if !t.is_finite() {
+                return Err(spec.invalid(
+                    format!("{key}.threshold"),
+                    "a finite number",
+                    t.to_string(),
+                ));
+            }
+            if let Some(n) = &s.threshold_names
+                && n.len() != 2
+            {
+                return Err(spec.invalid(
+                    format!("{key}.threshold_names"),
+                    "two names",
+                    format!("{} names", n.len()),
+                ));
+            }
+        }
+        (Some(_), Some(_)) => {
+            return Err(spec.invalid(key, "either `groups` or `threshold`", "both"));
+        }
+        (None, None) => {
+            return Err(spec.invalid(key, "`groups` or `threshold`", "neither"));
+        }
+    }
+    Ok(())
 }

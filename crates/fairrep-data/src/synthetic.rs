@@ -8,6 +8,14 @@
 //!   `w_k = u_k / sqrt(d) + 0.35 m / sqrt(|m|)` with `u_k ~ N(0, I_d)`, and a random pair
 //!   `a != b` per task (a nonlinear interaction).
 //!
+//! With `n_groups_2 >= 2`, a second attribute `s2` (ids `h`, centred code `c2`) is drawn from
+//! its own ChaCha8 stream, after everything above (so the data without it is unchanged): in
+//! each split, the rows of each group `g` get `h = j mod n_groups_2` for their `j`-th row, then
+//! these ids are shuffled among the group's rows (every cell `(g, h)` has rows when the split
+//! has at least `n_groups * n_groups_2`); it shifts the other half of the features by
+//! `group_shift_2 * c2` and every task's logit by `label_bias_2 * c2`. The rows' groups are then
+//! the cells `g * n_groups_2 + h`, named `gG & hH`.
+//!
 //! So `s` moves the inputs (a representation can remove it) and, with `label_bias`, the labels
 //! directly. With the defaults the true labels' DP gap is well above 0.15 (see the tests).
 //! Inputs are standardised with train statistics, like the real datasets.
@@ -19,7 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::DataError;
 use crate::load::{
-    ColumnKind, Dataset, InputColumn, NumericStats, Preprocessing, Schema, Split, TaskInfo,
+    AttributeInfo, ColumnKind, Dataset, InputColumn, NumericStats, Preprocessing, Schema, Split,
+    TaskInfo,
 };
 use crate::matrix::Matrix;
 use crate::spec::TaskKind;
@@ -48,7 +57,32 @@ pub struct SyntheticConfig {
     pub label_bias: f64,
     /// Std of the logit noise (default 0.3; 0 = labels are deterministic functions of x, s).
     pub noise: f64,
+    /// Groups of a second sensitive attribute `s2` (default 0: none; else at least 2).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub n_groups_2: usize,
+    /// Mean shift of the other half of the features between adjacent groups of `s2` (default
+    /// 1.0).
+    #[serde(skip_serializing_if = "is_one")]
+    pub group_shift_2: f64,
+    /// Shift of every task's logit between adjacent groups of `s2` (default 0.5).
+    #[serde(skip_serializing_if = "is_half")]
+    pub label_bias_2: f64,
 }
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
+}
+
+fn is_half(v: &f64) -> bool {
+    *v == 0.5
+}
+
+/// Salt of the second attribute's random stream.
+const SECOND_ATTRIBUTE_SALT: u64 = 0x5e_c0_4d_a7_7b_1d_e5_02;
 
 impl Default for SyntheticConfig {
     fn default() -> Self {
@@ -62,6 +96,9 @@ impl Default for SyntheticConfig {
             group_shift: 1.0,
             label_bias: 0.5,
             noise: 0.3,
+            n_groups_2: 0,
+            group_shift_2: 1.0,
+            label_bias_2: 0.5,
         }
     }
 }
@@ -89,17 +126,36 @@ impl SyntheticConfig {
                 self.n_groups.to_string(),
             );
         }
+        if self.n_groups_2 == 1 {
+            return bad(
+                "n_groups_2",
+                "0 (no second attribute) or at least 2",
+                self.n_groups_2.to_string(),
+            );
+        }
+        let cells = self.n_groups.saturating_mul(self.n_groups_2.max(1));
+        if cells > crate::spec::MAX_CELLS {
+            return bad(
+                "n_groups_2",
+                &format!(
+                    "at most {} cells n_groups x n_groups_2",
+                    crate::spec::MAX_CELLS
+                ),
+                format!("{} x {}", self.n_groups, self.n_groups_2),
+            );
+        }
         for (k, n) in [
             ("n_train", self.n_train),
             ("n_valid", self.n_valid),
             ("n_test", self.n_test),
         ] {
-            if n < self.n_groups {
-                return bad(
-                    k,
-                    &format!("at least n_groups = {} rows", self.n_groups),
-                    n.to_string(),
-                );
+            if n < cells {
+                let need = if self.n_groups_2 == 0 {
+                    format!("at least n_groups = {} rows", self.n_groups)
+                } else {
+                    format!("at least n_groups x n_groups_2 = {cells} rows (a row per cell)")
+                };
+                return bad(k, &need, n.to_string());
             }
         }
         let cells = [self.n_train, self.n_valid, self.n_test]
@@ -144,6 +200,8 @@ impl SyntheticConfig {
             ("group_shift", self.group_shift),
             ("label_bias", self.label_bias),
             ("noise", self.noise),
+            ("group_shift_2", self.group_shift_2),
+            ("label_bias_2", self.label_bias_2),
         ] {
             if !v.is_finite() {
                 return bad(k, "a finite number", v.to_string());
@@ -192,12 +250,13 @@ pub fn synthetic(cfg: &SyntheticConfig, seed: u64) -> Dataset {
         pairs.push((a, b));
     }
     let centre = (g_n as f64 - 1.0) / 2.0;
-    let make = |n: usize, rng: &mut ChaCha8Rng| -> (Vec<f64>, Split) {
+    let make = |n: usize, rng: &mut ChaCha8Rng| -> (Vec<f64>, Split, Vec<Vec<f64>>) {
         let n = n.max(g_n);
         let mut groups: Vec<u32> = (0..n).map(|i| (i % g_n) as u32).collect();
         groups.shuffle(rng);
         let mut x = vec![0f64; n * d];
         let mut targets = vec![vec![0f32; n]; n_tasks];
+        let mut logits = vec![vec![0f64; n]; n_tasks];
         for i in 0..n {
             let c = f64::from(groups[i]) - centre;
             let row = &mut x[i * d..(i + 1) * d];
@@ -209,6 +268,7 @@ pub fn synthetic(cfg: &SyntheticConfig, seed: u64) -> Dataset {
                 let (a, b) = pairs[k];
                 let logit = lin + 0.5 * row[a] * row[b] + bias * c + noise * normal(rng);
                 targets[k][i] = if logit > 0.0 { 1.0 } else { 0.0 };
+                logits[k][i] = logit;
             }
         }
         (
@@ -217,14 +277,57 @@ pub fn synthetic(cfg: &SyntheticConfig, seed: u64) -> Dataset {
                 x: Matrix::new(vec![0.0; n * d], n, d),
                 groups,
                 targets,
+                attributes: Vec::new(),
             },
+            logits,
         )
     };
-    let parts = [
-        make(cfg.n_train, &mut rng),
-        make(cfg.n_valid, &mut rng),
-        make(cfg.n_test, &mut rng),
-    ];
+    let mut parts: Vec<(Vec<f64>, Split)> = Vec::with_capacity(3);
+    let mut all_logits = Vec::with_capacity(3);
+    for n in [cfg.n_train, cfg.n_valid, cfg.n_test] {
+        let (x, split, logits) = make(n, &mut rng);
+        parts.push((x, split));
+        all_logits.push(logits);
+    }
+    let h_n = if cfg.n_groups_2 >= 2 {
+        cfg.n_groups_2
+    } else {
+        0
+    };
+    if h_n > 0 {
+        let mut rng2 = ChaCha8Rng::seed_from_u64(seed ^ SECOND_ATTRIBUTE_SALT);
+        let centre2 = (h_n as f64 - 1.0) / 2.0;
+        let (shift2, bias2) = (fin(cfg.group_shift_2), fin(cfg.label_bias_2));
+        for ((x, split), logits) in parts.iter_mut().zip(&all_logits) {
+            let n = split.len();
+            let mut second = vec![0u32; n];
+            for g in 0..g_n as u32 {
+                let rows: Vec<usize> = (0..n).filter(|&i| split.groups[i] == g).collect();
+                let mut ids: Vec<u32> = (0..rows.len()).map(|j| (j % h_n) as u32).collect();
+                ids.shuffle(&mut rng2);
+                for (&i, id) in rows.iter().zip(ids) {
+                    second[i] = id;
+                }
+            }
+            for i in 0..n {
+                let c2 = f64::from(second[i]) - centre2;
+                for v in &mut x[i * d + h..(i + 1) * d] {
+                    *v += shift2 * c2;
+                }
+                for k in 0..n_tasks {
+                    let logit = logits[k][i] + bias2 * c2;
+                    split.targets[k][i] = if logit > 0.0 { 1.0 } else { 0.0 };
+                }
+            }
+            let first = std::mem::take(&mut split.groups);
+            split.groups = first
+                .iter()
+                .zip(&second)
+                .map(|(&g, &b)| g * h_n as u32 + b)
+                .collect();
+            split.attributes = vec![first, second];
+        }
+    }
     // Train statistics.
     let (xt, st) = &parts[0];
     let numeric: Vec<NumericStats> = (0..d)
@@ -269,8 +372,14 @@ pub fn synthetic(cfg: &SyntheticConfig, seed: u64) -> Dataset {
                 categories: Vec::new(),
             })
             .collect(),
-        sensitive_column: "s".into(),
-        groups: (0..g_n).map(|g| format!("g{g}")).collect(),
+        sensitive_column: if h_n > 0 { "s & s2".into() } else { "s".into() },
+        groups: if h_n > 0 {
+            (0..g_n)
+                .flat_map(|g| (0..h_n).map(move |b| format!("g{g} & h{b}")))
+                .collect()
+        } else {
+            (0..g_n).map(|g| format!("g{g}")).collect()
+        },
         tasks: (0..n_tasks)
             .map(|k| TaskInfo {
                 name: format!("task{k}"),
@@ -279,6 +388,22 @@ pub fn synthetic(cfg: &SyntheticConfig, seed: u64) -> Dataset {
             })
             .collect(),
         aware: false,
+        attributes: if h_n > 0 {
+            vec![
+                AttributeInfo {
+                    name: "s".into(),
+                    column: "s".into(),
+                    groups: (0..g_n).map(|g| format!("g{g}")).collect(),
+                },
+                AttributeInfo {
+                    name: "s2".into(),
+                    column: "s2".into(),
+                    groups: (0..h_n).map(|b| format!("h{b}")).collect(),
+                },
+            ]
+        } else {
+            Vec::new()
+        },
     };
     Dataset {
         name: "synthetic".into(),
@@ -351,6 +476,62 @@ mod tests {
         let ds = synthetic(&three, 3);
         assert_eq!(ds.n_groups(), 3);
         assert!(ds.test.group_counts(3).iter().all(|&c| c > 300));
+    }
+
+    #[test]
+    fn a_second_attribute_leaves_the_first_stream_alone_and_fills_every_cell() {
+        let cfg = SyntheticConfig::default();
+        let one = synthetic(&cfg, 5);
+        let inert = SyntheticConfig {
+            n_groups_2: 3,
+            group_shift_2: 0.0,
+            label_bias_2: 0.0,
+            ..cfg.clone()
+        };
+        let two = synthetic(&inert, 5);
+        // Without effects, the second attribute changes nothing but the groups.
+        for (a, b) in [(&one.train, &two.train), (&one.test, &two.test)] {
+            assert_eq!(a.x, b.x);
+            assert_eq!(a.targets, b.targets);
+            assert_eq!(b.attributes[0], a.groups);
+            for i in 0..b.len() {
+                assert_eq!(b.groups[i], b.attributes[0][i] * 3 + b.attributes[1][i]);
+            }
+            assert!(b.group_counts(6).iter().all(|&c| c > 0));
+        }
+        assert!(one.schema.attributes.is_empty() && one.train.attributes.is_empty());
+        assert_eq!(two.schema.groups[1], "g0 & h1");
+        assert_eq!(two.schema.attributes[1].groups, ["h0", "h1", "h2"]);
+        // With its default effects, the labels depend on it.
+        let biased = synthetic(
+            &SyntheticConfig {
+                n_groups_2: 2,
+                ..cfg.clone()
+            },
+            5,
+        );
+        let s2 = &biased.train.attributes[1];
+        let gap = fairrep_metrics::fairness::dp_gap(&biased.train.targets[0], s2, 2, 0.5).unwrap();
+        assert!(gap > 0.1, "label DP gap over s2 {gap}");
+        // Validation: one group, or fewer rows than cells.
+        let e = SyntheticConfig {
+            n_groups_2: 1,
+            ..cfg.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("synthetic.n_groups_2"), "{e}");
+        let e = SyntheticConfig {
+            n_groups_2: 4,
+            n_test: 7,
+            ..cfg
+        }
+        .validate()
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("synthetic.n_test") && e.to_string().contains("8"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -52,6 +52,7 @@ fn opts(tasks: Option<&[&str]>, aware: bool) -> LoadOptions {
         split_seed: 0,
         split: None,
         held_out: Vec::new(),
+        attributes: Vec::new(),
     }
 }
 
