@@ -150,9 +150,14 @@ pub struct RunEval {
     pub checkpoint: PathBuf,
     /// The run seed.
     pub seed: u64,
-    /// Per-task metrics.
+    /// Per-task metrics; with several sensitive attributes, their group metrics compare the
+    /// intersection cells.
     pub tasks: BTreeMap<String, TaskMetrics>,
-    /// Leakage of the group from `z`.
+    /// With several sensitive attributes: per attribute name, the per-task metrics between
+    /// that attribute's groups (absent with one attribute).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub attributes: BTreeMap<String, BTreeMap<String, TaskMetrics>>,
+    /// Leakage of the group (the cell, with several attributes) from `z`.
     pub leakage: Leakage,
 }
 
@@ -167,8 +172,9 @@ pub struct EvalReport {
     pub groups: Vec<String>,
     /// One evaluation per run.
     pub runs: Vec<RunEval>,
-    /// `metric -> mean and 95% CI over the runs`; task metrics as `TASK.metric`, leakage as
-    /// `leakage.metric`.
+    /// `metric -> mean and 95% CI over the runs`; task metrics as `TASK.metric` (with several
+    /// sensitive attributes the intersectional ones, and each attribute's as
+    /// `TASK.metric:ATTRIBUTE`), leakage as `leakage.metric`.
     pub summary: BTreeMap<String, Interval>,
 }
 
@@ -224,30 +230,42 @@ fn evaluate_run(
     let split = ds.split(opts.split);
     let n_groups = ds.n_groups();
     // Task scores.
-    let mut tasks = BTreeMap::new();
     let forward = run.forward(split, opts.split.name(), device)?;
     let (z, logits) = (forward.latent, forward.outputs);
-    for (t, info) in ds.schema.tasks.iter().enumerate() {
-        let metric_err = |source| EvalCmdError::Metric {
-            run: run.run_dir.clone(),
-            task: info.name.clone(),
-            source,
-        };
-        let m = match info.kind {
-            TaskKind::Binary => {
-                let scores: Vec<f64> = logits[t].iter().map(|l| 1.0 / (1.0 + (-l).exp())).collect();
-                TaskMetrics::Binary(
-                    stats::score_metrics(&scores, &split.targets[t], &split.groups, n_groups)
-                        .map_err(metric_err)?,
-                )
-            }
-            TaskKind::Regression => TaskMetrics::Regression {
-                mse: metrics::mse(&logits[t], &split.targets[t]).map_err(metric_err)?,
-                ks: metrics::ks_distance(&logits[t], &split.groups, n_groups)
-                    .map_err(metric_err)?,
-            },
-        };
-        tasks.insert(info.name.clone(), m);
+    let task_metrics = |groups: &[u32], n_groups: usize, what: &str| {
+        let mut tasks = BTreeMap::new();
+        for (t, info) in ds.schema.tasks.iter().enumerate() {
+            let metric_err = |source| EvalCmdError::Metric {
+                run: run.run_dir.clone(),
+                task: format!("{}{what}", info.name),
+                source,
+            };
+            let m = match info.kind {
+                TaskKind::Binary => {
+                    let scores: Vec<f64> =
+                        logits[t].iter().map(|l| 1.0 / (1.0 + (-l).exp())).collect();
+                    TaskMetrics::Binary(
+                        stats::score_metrics(&scores, &split.targets[t], groups, n_groups)
+                            .map_err(metric_err)?,
+                    )
+                }
+                TaskKind::Regression => TaskMetrics::Regression {
+                    mse: metrics::mse(&logits[t], &split.targets[t]).map_err(metric_err)?,
+                    ks: metrics::ks_distance(&logits[t], groups, n_groups).map_err(metric_err)?,
+                },
+            };
+            tasks.insert(info.name.clone(), m);
+        }
+        Ok::<_, EvalCmdError>(tasks)
+    };
+    let tasks = task_metrics(&split.groups, n_groups, "")?;
+    let mut attributes = BTreeMap::new();
+    for (info, ids) in ds.schema.attributes.iter().zip(&split.attributes) {
+        let what = format!(" (attribute `{}`)", info.name);
+        attributes.insert(
+            info.name.clone(),
+            task_metrics(ids, info.groups.len(), &what)?,
+        );
     }
     // Leakage.
     let (fit_split, fit_name) = match opts.split {
@@ -301,6 +319,7 @@ fn evaluate_run(
         checkpoint: run.checkpoint.clone(),
         seed: run.manifest.seed,
         tasks,
+        attributes,
         leakage: Leakage {
             logistic_auc,
             mlp_auc,
@@ -335,6 +354,24 @@ fn summarise(runs: &[RunEval]) -> BTreeMap<String, Interval> {
                 TaskMetrics::Regression { mse, ks } => {
                     put(format!("{task}.mse"), Some(*mse));
                     put(format!("{task}.ks"), Some(*ks));
+                }
+            }
+        }
+        // Several attributes: each attribute's group metrics as `TASK.METRIC:ATTRIBUTE`.
+        for (attribute, tasks) in &r.attributes {
+            for (task, m) in tasks {
+                match m {
+                    TaskMetrics::Binary(s) => {
+                        put(format!("{task}.dp_gap:{attribute}"), Some(s.dp_gap));
+                        put(format!("{task}.eo_gap:{attribute}"), s.eo_gap);
+                        put(format!("{task}.eopp_gap:{attribute}"), s.eopp_gap);
+                        put(format!("{task}.ks:{attribute}"), Some(s.ks));
+                        put(format!("{task}.w1:{attribute}"), Some(s.w1));
+                        put(format!("{task}.score_gap:{attribute}"), Some(s.score_gap));
+                    }
+                    TaskMetrics::Regression { ks, .. } => {
+                        put(format!("{task}.ks:{attribute}"), Some(*ks));
+                    }
                 }
             }
         }

@@ -28,7 +28,7 @@ use fairrep_ferm::{
     LinearFermProjection, Sample, SelectionConfig, SelectionReport, stratified_subsample,
 };
 use fairrep_metrics::Interval;
-use fairrep_train::config::{ConfigError, DataConfig, DataSection, read_config};
+use fairrep_train::config::{ConfigError, DataConfig, DataSection, SensitiveSetting, read_config};
 use fairrep_train::data::{LoadError, load_dataset};
 use fairrep_train::run_dir::create_named_run_dir;
 use serde::{Deserialize, Serialize};
@@ -90,7 +90,7 @@ impl FermData {
         let mut section = DataSection {
             dataset: self.dataset.clone(),
             synthetic: self.synthetic.clone(),
-            sensitive: self.sensitive.clone(),
+            sensitive: self.sensitive.clone().map(SensitiveSetting::One),
             tasks: Some(vec![self.task.clone()]),
             held_out_tasks: self.held_out_tasks.clone(),
             aware: self.aware,

@@ -365,6 +365,10 @@ pub struct HeadResult {
     pub w1_bound: f64,
     /// The MMD side of the bound.
     pub mmd_bound: MmdBound,
+    /// With several sensitive attributes (`metrics` then compares the intersection cells):
+    /// per attribute name, the metrics between that attribute's groups.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub attributes: BTreeMap<String, ScoreMetrics>,
 }
 
 /// All seeds of one (representation, head, task) cell, and their summary.
@@ -525,6 +529,23 @@ fn summary_of(runs: &[HeadResult]) -> BTreeMap<String, Interval> {
     put("score_gap", &|r| Some(r.metrics.score_gap));
     put("w1_bound", &|r| Some(r.w1_bound));
     put("mmd_bound", &|r| Some(r.mmd_bound.bound));
+    // Several attributes: each attribute's gaps as `METRIC:ATTRIBUTE`.
+    let attributes: Vec<String> = runs
+        .first()
+        .map(|r| r.attributes.keys().cloned().collect())
+        .unwrap_or_default();
+    for a in &attributes {
+        put(&format!("dp_gap:{a}"), &|r| {
+            r.attributes.get(a).map(|m| m.dp_gap)
+        });
+        put(&format!("eo_gap:{a}"), &|r| {
+            r.attributes.get(a).and_then(|m| m.eo_gap)
+        });
+        put(&format!("ks:{a}"), &|r| r.attributes.get(a).map(|m| m.ks));
+        put(&format!("score_gap:{a}"), &|r| {
+            r.attributes.get(a).map(|m| m.score_gap)
+        });
+    }
     out
 }
 
@@ -696,6 +717,21 @@ pub fn transfer(
                                 task: task.clone(),
                                 source,
                             })?;
+                    let mut attributes = BTreeMap::new();
+                    for (info, ids) in ds.schema.attributes.iter().zip(&scored.attributes) {
+                        let m = stats::score_metrics(
+                            &scores,
+                            &scored.targets[t],
+                            ids,
+                            info.groups.len(),
+                        )
+                        .map_err(|source| TransferError::Metric {
+                            representation: rep.name.clone(),
+                            task: format!("{task} (attribute `{}`)", info.name),
+                            source,
+                        })?;
+                        attributes.insert(info.name.clone(), m);
+                    }
                     let mmd_bound = stats::mmd_bound(
                         rep_scored,
                         &scores,
@@ -720,6 +756,7 @@ pub fn transfer(
                         score_lipschitz: head.score_lipschitz(),
                         w1_bound: head.score_lipschitz() * w1.value,
                         mmd_bound,
+                        attributes,
                     };
                     cells
                         .entry((r_pos, arch.name().to_string(), task.clone()))
@@ -824,7 +861,7 @@ pub fn render_table(report: &TransferReport) -> String {
         if n == 1 { "" } else { "s" },
         if n > 1 { " ± 95% CI" } else { "" }
     );
-    let cols = [
+    let mut cols: Vec<(String, String)> = [
         ("accuracy", "accuracy"),
         ("dp_gap", "DP gap"),
         ("eo_gap", "EO gap"),
@@ -833,7 +870,18 @@ pub fn render_table(report: &TransferReport) -> String {
         ("score_gap", "score gap"),
         ("w1_bound", "L·W1 bound"),
         ("mmd_bound", "‖q̂‖·MMD"),
-    ];
+    ]
+    .map(|(k, t)| (k.to_string(), t.to_string()))
+    .to_vec();
+    // Several sensitive attributes: the gaps above compare the cells; each attribute's DP gap
+    // gets a column.
+    if let Some(first) = report.cells.first() {
+        for key in first.summary.keys() {
+            if let Some(a) = key.strip_prefix("dp_gap:") {
+                cols.push((key.clone(), format!("DP gap:{a}")));
+            }
+        }
+    }
     let width = if n > 1 { 15 } else { 9 };
     let mut current = String::new();
     for cell in &report.cells {
@@ -841,16 +889,16 @@ pub fn render_table(report: &TransferReport) -> String {
             current = cell.task.clone();
             let _ = writeln!(out, "\ntask {current}");
             let _ = write!(out, "  {:<22} {:<7}", "representation", "head");
-            for (_, title) in cols {
+            for (_, title) in &cols {
                 let _ = write!(out, " {title:>width$}");
             }
             let _ = writeln!(out);
         }
         let _ = write!(out, "  {:<22} {:<7}", cell.representation, cell.head);
-        for (key, _) in cols {
+        for (key, _) in &cols {
             let text = cell
                 .summary
-                .get(key)
+                .get(key.as_str())
                 .map_or_else(|| "-".to_string(), |i| i.show(3));
             let _ = write!(out, " {text:>width$}");
         }

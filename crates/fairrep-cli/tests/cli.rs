@@ -2401,3 +2401,152 @@ fn postprocess_several_attributes_in_sequence() {
     );
     assert_fails_with(&out, &["needs the column `group:race`", "group:sex"]);
 }
+
+/// The largest per-attribute DP gap of `task` in a summary split, and the intersectional one.
+fn attribute_gaps(split: &Value, task: &str) -> (f64, f64, f64) {
+    let gap = |a: &str| {
+        split["attributes"][a]["tasks"][task]["dp_gap"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no DP gap of {task} for attribute {a}: {split}"))
+    };
+    let cells = split["tasks"][task]["dp_gap"].as_f64().unwrap();
+    (gap("s"), gap("s2"), cells)
+}
+
+#[test]
+fn two_attributes_train_in_each_mode_and_report_per_attribute_and_intersectional_gaps() {
+    let dir = scratch("attributes");
+    let config = small_config(&dir, "mmd", 2);
+    let config = config.to_str().unwrap();
+    for mode in ["each", "intersectional"] {
+        let out = fairrep(
+            &dir,
+            &[
+                "train",
+                config,
+                "--device",
+                "flex",
+                "--set",
+                "data.synthetic.n_groups_2=2",
+                "--set",
+                &format!("penalty.mode={mode}"),
+            ],
+        );
+        assert_ok(&out);
+        let s = summary(&out);
+        assert_eq!(s["penalty_mode"], mode, "{s}");
+        for split in ["valid", "test"] {
+            let sp = &s[split];
+            for task in ["task0", "task1"] {
+                let (a, b, cells) = attribute_gaps(sp, task);
+                // A gap between cells bounds each attribute's gap: an attribute's group rate
+                // is a mixture of its cells' rates.
+                assert!(
+                    (0.0..=1.0).contains(&a) && (0.0..=1.0).contains(&b),
+                    "{split} {task}: {sp}"
+                );
+                assert!(cells + 1e-12 >= a.max(b), "{split} {task}: {a} {b} {cells}");
+                let acc = &sp["attributes"]["s2"]["tasks"][task]["group_accuracy"];
+                assert!(
+                    acc["h0"].as_f64().is_some() && acc["h1"].as_f64().is_some(),
+                    "{acc}"
+                );
+            }
+            let penalty = sp["penalty"].as_f64().unwrap();
+            let terms: Vec<Option<f64>> = ["s", "s2"]
+                .iter()
+                .map(|a| sp["attributes"][a]["penalty"].as_f64())
+                .collect();
+            if mode == "each" {
+                // The penalty is the sum of the per-attribute terms (float32 sums).
+                let sum: f64 = terms.iter().map(|t| t.unwrap()).sum();
+                assert!(
+                    (penalty - sum).abs() <= 1e-6 * (1.0 + sum.abs()),
+                    "{split}: {penalty} vs {sum}"
+                );
+            } else {
+                assert!(terms.iter().all(Option::is_none), "{sp}");
+                assert!(penalty.is_finite());
+            }
+        }
+        // metrics.jsonl carries the same per-attribute metrics every epoch.
+        let run = dir.join(s["run_dir"].as_str().unwrap());
+        let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        for line in log.lines() {
+            let rec: Value = serde_json::from_str(line).unwrap();
+            attribute_gaps(&rec["valid"], "task0");
+        }
+        let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+        assert_eq!(
+            saved.contains("mode = \"intersectional\""),
+            mode == "intersectional"
+        );
+    }
+    // One attribute: no per-attribute section, and penalty.mode is unused (warned).
+    let out = fairrep(
+        &dir,
+        &[
+            "train",
+            config,
+            "--device",
+            "flex",
+            "--set",
+            "penalty.mode=intersectional",
+        ],
+    );
+    assert_ok(&out);
+    let s = summary(&out);
+    assert!(
+        s["test"].get("attributes").is_none() && s.get("penalty_mode").is_none(),
+        "{s}"
+    );
+    assert!(
+        stderr(&out).contains("penalty.mode is not used"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn one_attribute_as_a_list_equals_the_single_table_bit_for_bit() {
+    let dir = scratch("attributes_one");
+    let config = tiny_dataset(&dir, |_, row| row, "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let table = "[data.sensitive]\ncolumn = \"sex\"\ngroups = [{ name = \"F\", values = [\"F\"] \
+                 }, { name = \"M\", values = [\"M\"] }]\n";
+    let list = "[[data.sensitive]]\nname = \"sex\"\ncolumn = \"sex\"\ngroups = [{ name = \"F\", \
+                values = [\"F\"] }, { name = \"M\", values = [\"M\"] }]\n";
+    let run = |name: &str, sensitive: &str, mode: &str| {
+        let path = write(
+            &dir.join(format!("{name}.toml")),
+            &format!("{text}[penalty]\nkind = \"mmd\"\nmode = \"{mode}\"\n{sensitive}"),
+        );
+        let out = fairrep(
+            &dir,
+            &[
+                "train",
+                path.to_str().unwrap(),
+                "--data-dir",
+                dir.to_str().unwrap(),
+            ],
+        );
+        assert_ok(&out);
+        summary(&out)
+    };
+    let single = run("single", table, "each");
+    for (name, mode) in [("list", "each"), ("list_cells", "intersectional")] {
+        let one = run(name, list, mode);
+        for split in ["valid", "test"] {
+            for key in ["task_loss", "tasks", "penalty", "penalty_diagnostics"] {
+                assert_eq!(one[split][key], single[split][key], "{name} {split} {key}");
+            }
+            // The list records the attribute, with the same gaps as the groups'.
+            let gap = &one[split]["attributes"]["sex"]["tasks"]["y"]["dp_gap"];
+            assert_eq!(
+                gap, &single[split]["tasks"]["y"]["dp_gap"],
+                "{name} {split}"
+            );
+        }
+        assert_eq!(one["best_epoch"], single["best_epoch"]);
+    }
+}

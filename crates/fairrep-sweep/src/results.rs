@@ -27,6 +27,9 @@ pub const RESULTS_JSONL: &str = "results.jsonl";
 /// Metrics reported per task and split.
 pub const TASK_METRICS: &[&str] = &["accuracy", "dp_gap", "eo_gap", "ks", "auc", "loss"];
 
+/// Metrics reported per task, split and sensitive attribute with several attributes.
+pub const ATTRIBUTE_METRICS: &[&str] = &["dp_gap", "eo_gap", "ks"];
+
 /// One run's results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
@@ -38,8 +41,9 @@ pub struct Row {
     pub seed: u64,
     /// The swept keys' values.
     pub params: BTreeMap<String, Value>,
-    /// `SPLIT.TASK.METRIC` (split `valid` or `test`, metric one of [`TASK_METRICS`]) and
-    /// `SPLIT.penalty`; absent when undefined.
+    /// `SPLIT.TASK.METRIC` (split `valid` or `test`, metric one of [`TASK_METRICS`]),
+    /// `SPLIT.penalty`, and with several sensitive attributes `SPLIT.TASK.METRIC:ATTRIBUTE`
+    /// (metric one of [`ATTRIBUTE_METRICS`]); absent when undefined.
     pub metrics: BTreeMap<String, f64>,
     /// The epoch whose checkpoint was tested (1-based).
     pub best_epoch: usize,
@@ -102,6 +106,22 @@ pub fn row_from_summary(run: &PlannedRun, run_dir: &Path) -> Result<Row, SweepEr
         }
         if let Some(v) = summary[split]["penalty"].as_f64() {
             metrics.insert(format!("{split}.penalty"), v);
+        }
+        // Several sensitive attributes: `tasks` holds the intersectional gaps; each
+        // attribute's gaps get `SPLIT.TASK.METRIC:ATTRIBUTE`.
+        if let Some(attributes) = summary[split]["attributes"].as_object() {
+            for (attribute, values) in attributes {
+                let Some(tasks) = values["tasks"].as_object() else {
+                    continue;
+                };
+                for (task, values) in tasks {
+                    for metric in ATTRIBUTE_METRICS {
+                        if let Some(v) = values[*metric].as_f64() {
+                            metrics.insert(format!("{split}.{task}.{metric}:{attribute}"), v);
+                        }
+                    }
+                }
+            }
         }
     }
     let number = |key: &str| {

@@ -191,6 +191,7 @@ pub fn load_dataset(
                 split_seed: cfg.split_seed,
                 split: cfg.split,
                 held_out: cfg.held_out_tasks.clone(),
+                attributes: cfg.attributes.clone(),
             };
             fairrep_data::load(&spec, &opts, encoding).map_err(wrap)
         }

@@ -8,7 +8,7 @@ use fairrep_data::{Preprocessing, Schema};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigFile, PenaltyKind};
-use crate::eval::{PenaltyEval, SplitEval, TaskEval};
+use crate::eval::{AttributeEval, PenaltyEval, SplitEval, TaskEval};
 
 /// One JSON object per completed epoch.
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -100,6 +100,10 @@ pub struct SummarySplit {
     /// The penalty's diagnostics.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub penalty_diagnostics: Option<PenaltyEval>,
+    /// With several sensitive attributes, the group metrics per attribute (`tasks` then
+    /// compares the intersection cells).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, AttributeEval>,
 }
 
 impl From<SplitEval> for SummarySplit {
@@ -109,6 +113,7 @@ impl From<SplitEval> for SummarySplit {
             tasks: e.tasks,
             penalty: e.penalty.as_ref().map(|p| p.value),
             penalty_diagnostics: e.penalty,
+            attributes: e.attributes,
         }
     }
 }
@@ -132,6 +137,9 @@ pub struct Summary {
     /// computed on (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub penalty_task: Option<String>,
+    /// With several sensitive attributes and a penalty, `penalty.mode` (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub penalty_mode: Option<crate::config::PenaltyMode>,
     /// The penalty weight (with `penalty.target`, the one the best epoch trained with).
     pub lambda: f64,
     /// With `penalty.target`: whether the best epoch meets the target on validation.

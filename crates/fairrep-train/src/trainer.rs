@@ -37,7 +37,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use fairrep_data::fs::{self as fsutil, FsError};
 use fairrep_data::spec::TaskKind;
 use fairrep_data::{DataError, Dataset, Encoding, StratifiedBatches, epoch_seed};
-use fairrep_loss::{LossError, fairness_penalty};
+use fairrep_loss::LossError;
 use fairrep_model::{FairModel, FairModelConfig};
 use tracing::{debug, info, warn};
 
@@ -479,6 +479,13 @@ impl Session {
         let n_tasks = kinds.len();
         let lambda = self.lambda;
         let train_divergence = self.cfg.penalty.trained().cloned();
+        let n_attribute_groups: Vec<usize> = self
+            .dataset
+            .schema
+            .attributes
+            .iter()
+            .map(|a| a.groups.len())
+            .collect();
         let mut loss_sum = 0.0;
         let mut task_sums: Vec<Option<Tensor<1>>> = vec![None; n_tasks];
         let mut penalty_sum: Option<Tensor<1>> = None;
@@ -543,15 +550,31 @@ impl Session {
                     } else {
                         out.latent.select(0, crate::eval::index_tensor(&kept, &ad))
                     };
-                    let penalty =
-                        fairness_penalty(latent, &groups, self.dataset.n_groups(), divergence)
-                            .map_err(|e: LossError| {
-                                diverged(
-                                    b + 1,
-                                    format!("the penalty failed: {e}"),
-                                    self.last_checkpoint(),
-                                )
-                            })?;
+                    // With several attributes, each attribute's ids of the same rows.
+                    let attributes: Vec<Vec<u32>> = self
+                        .dataset
+                        .train
+                        .attributes
+                        .iter()
+                        .map(|ids| kept.iter().map(|&k| ids[idx[k]]).collect())
+                        .collect();
+                    let penalty = crate::eval::combined_penalty(
+                        latent,
+                        &groups,
+                        self.dataset.n_groups(),
+                        &attributes,
+                        &n_attribute_groups,
+                        self.cfg.penalty.mode,
+                        divergence,
+                    )
+                    .map_err(|e: LossError| {
+                        diverged(
+                            b + 1,
+                            format!("the penalty failed: {e}"),
+                            self.last_checkpoint(),
+                        )
+                    })?
+                    .output;
                     diagnostics.all_converged &= penalty.converged;
                     diagnostics.batches_not_converged += usize::from(!penalty.converged);
                     diagnostics.max_n_iters = diagnostics.max_n_iters.max(penalty.n_iters);
@@ -773,6 +796,9 @@ impl Session {
             penalty_task: self
                 .condition_task
                 .map(|t| self.dataset.schema.tasks[t].name.clone()),
+            penalty_mode: (self.dataset.schema.attributes.len() >= 2
+                && self.cfg.penalty.divergence.is_some())
+            .then_some(self.cfg.penalty.mode),
             lambda: best_lambda,
             target_met,
             seed: self.cfg.seed(),
@@ -1054,6 +1080,24 @@ fn target_name(target: &Target) -> String {
 /// The constrained metric of `penalty.target` on a split: the DP gap of `task` (else the
 /// largest over the binary tasks), or the penalty. `Err` names what is missing.
 pub fn constraint_value(valid: &SplitEval, target: &Target) -> Result<f64, String> {
+    // With several attributes and `penalty.mode = "each"`: the largest per-attribute gap.
+    if target.metric == TargetMetric::DpGap && target.per_attribute && !valid.attributes.is_empty()
+    {
+        return valid
+            .attributes
+            .values()
+            .flat_map(|a| {
+                a.tasks
+                    .iter()
+                    .filter(|(name, _)| target.task.as_ref().is_none_or(|t| t == *name))
+                    .filter_map(|(_, t)| t.dp_gap)
+            })
+            .reduce(f64::max)
+            .ok_or_else(|| match &target.task {
+                Some(task) => format!("task `{task}` has no DP gap"),
+                None => "metric = \"dp_gap\" needs a binary task; none is trained on".into(),
+            });
+    }
     match (target.metric, &target.task) {
         (TargetMetric::DpGap, Some(task)) => {
             valid.tasks.get(task).and_then(|t| t.dp_gap).ok_or_else(|| {

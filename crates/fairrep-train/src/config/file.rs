@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use fairrep_data::spec::SensitiveSpec;
+use fairrep_data::spec::{AttributeSpec, SensitiveSpec};
 use fairrep_data::{SplitFractions, SyntheticConfig};
 use fairrep_model::{Activation, HeadName};
 use serde::{Deserialize, Serialize};
@@ -41,10 +41,12 @@ pub struct DataSection {
     /// `SyntheticConfig`, every key defaulted); only with `dataset = "synthetic"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub synthetic: Option<SyntheticConfig>,
-    /// Replaces the spec's `[sensitive]` table (same keys: `column`, `groups`, `threshold`,
-    /// `threshold_names`, `unmatched`, `other_name`). Default: the spec's.
+    /// Replaces the spec's `[sensitive]` table: one table (same keys: `column`, `groups`,
+    /// `threshold`, `threshold_names`, `unmatched`, `other_name`), or several named
+    /// attributes (`[[data.sensitive]]`, each with `name` and those keys). Default: the
+    /// spec's.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sensitive: Option<SensitiveSpec>,
+    pub sensitive: Option<SensitiveSetting>,
     /// The tasks to train on, a subset of the spec's. Default: all.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tasks: Option<Vec<String>>,
@@ -79,6 +81,51 @@ impl Default for DataSection {
             split_seed: 0,
             batch_size: 256,
         }
+    }
+}
+
+/// `data.sensitive`: one `[sensitive]` table, or an array of named attributes. Deserialised
+/// by the TOML value's shape (a table or an array), so that each form keeps its own unknown-key
+/// errors.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum SensitiveSetting {
+    /// One table: the run has one sensitive attribute.
+    One(SensitiveSpec),
+    /// `[[data.sensitive]]`: several named attributes (one is allowed too).
+    Many(Vec<AttributeSpec>),
+}
+
+impl<'de> Deserialize<'de> for SensitiveSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Shape;
+        impl<'de> serde::de::Visitor<'de> for Shape {
+            type Value = SensitiveSetting;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a [sensitive] table (column, groups, ...) or an array of named attributes \
+                     ([[data.sensitive]] with name, column, groups, ...)",
+                )
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                SensitiveSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(SensitiveSetting::One)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                Vec::<AttributeSpec>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(SensitiveSetting::Many)
+            }
+        }
+        deserializer.deserialize_any(Shape)
     }
 }
 
@@ -159,6 +206,12 @@ pub struct PenaltySection {
     /// The binary task whose positives `condition = "positive"` keeps. Default: unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
+    /// With several sensitive attributes: `each` (the sum over the attributes of the penalty
+    /// between each attribute's groups) or `intersectional` (the penalty between the
+    /// intersection cells). Default `each`; unused (warned) with one attribute. Left out of the
+    /// resolved file at its default, so the ids of earlier runs do not change.
+    #[serde(skip_serializing_if = "PenaltyMode::is_each")]
+    pub mode: PenaltyMode,
     /// `[penalty.mmd]`.
     pub mmd: MmdSection,
     /// `[penalty.sinkhorn]`.
@@ -166,6 +219,24 @@ pub struct PenaltySection {
     /// `penalty.target`: adapt lambda to reach a validation target (none by default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<TargetSection>,
+}
+
+/// `penalty.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PenaltyMode {
+    /// The sum over the attributes of each attribute's penalty.
+    #[default]
+    Each,
+    /// The penalty between the intersection cells.
+    Intersectional,
+}
+
+impl PenaltyMode {
+    /// Whether this is the default, `each`.
+    pub fn is_each(&self) -> bool {
+        *self == PenaltyMode::Each
+    }
 }
 
 /// `penalty.condition`.
@@ -187,6 +258,7 @@ impl Default for PenaltySection {
             eval_max_points: 2000,
             condition: ConditionName::All,
             task: None,
+            mode: PenaltyMode::Each,
             mmd: MmdSection::default(),
             sinkhorn: SinkhornSection::default(),
             target: None,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use fairrep_data::spec::SensitiveSpec;
+use fairrep_data::spec::{AttributeSpec, MAX_ATTRIBUTES, SensitiveSpec};
 use fairrep_data::{SplitFractions, SyntheticConfig};
 use fairrep_loss::{Bandwidth, Divergence, MmdConfig, MmdEstimator, SinkhornConfig};
 use fairrep_model::{Activation, FairModelConfig, HeadConfig, HeadKind};
@@ -15,8 +15,9 @@ pub mod read;
 
 pub use file::{
     BandwidthSpec, ConditionName, ConfigFile, DataSection, EstimatorName, HeadSection, MmdSection,
-    ModelSection, OptimKind, OptimSection, PenaltyKind, PenaltySection, RESUMABLE_KEYS, RunSection,
-    SYNTHETIC, ScheduleKind, SinkhornSection, TargetMetric, TargetSection,
+    ModelSection, OptimKind, OptimSection, PenaltyKind, PenaltyMode, PenaltySection,
+    RESUMABLE_KEYS, RunSection, SYNTHETIC, ScheduleKind, SensitiveSetting, SinkhornSection,
+    TargetMetric, TargetSection,
 };
 pub use read::{apply_overrides, config_from_str, parse_config, read_config, read_config_file};
 
@@ -115,8 +116,11 @@ pub enum DatasetSource {
 pub struct DataConfig {
     /// The dataset.
     pub source: DatasetSource,
-    /// Replaces the spec's sensitive attribute.
+    /// Replaces the spec's sensitive attribute (one `[data.sensitive]` table).
     pub sensitive: Option<SensitiveSpec>,
+    /// Several named sensitive attributes (`[[data.sensitive]]`), replacing the spec's; empty
+    /// otherwise.
+    pub attributes: Vec<AttributeSpec>,
     /// The tasks to train on (default: all but the held-out ones).
     pub tasks: Option<Vec<String>>,
     /// Tasks kept for transfer.
@@ -200,6 +204,8 @@ pub struct PenaltyConfig {
     pub eval_max_points: usize,
     /// The rows the penalty is computed on.
     pub condition: PenaltyCondition,
+    /// With several sensitive attributes: the sum over the attributes, or the cells.
+    pub mode: PenaltyMode,
     /// The validation target that adapts lambda (`penalty.target`).
     pub target: Option<Target>,
 }
@@ -258,6 +264,10 @@ pub struct Target {
     pub value: f64,
     /// The task of a `dp_gap` target (`None`: the largest gap over the binary tasks).
     pub task: Option<String>,
+    /// With several sensitive attributes, whether a `dp_gap` target constrains the largest of
+    /// the per-attribute gaps (`penalty.mode = "each"`) rather than the gap between the
+    /// intersection cells (`"intersectional"`).
+    pub per_attribute: bool,
     /// The dual step size.
     pub step: f64,
     /// Lower bound of lambda.
@@ -383,6 +393,40 @@ impl DataSection {
                 }
             }
         }
+        let attributes = match &self.sensitive {
+            Some(SensitiveSetting::Many(list)) => {
+                if list.is_empty() {
+                    return Err(invalid.at(
+                        "data.sensitive",
+                        "an empty list of attributes: give one [data.sensitive] table or at \
+                         least one [[data.sensitive]] entry"
+                            .into(),
+                    ));
+                }
+                if list.len() > MAX_ATTRIBUTES {
+                    return Err(invalid.at(
+                        "data.sensitive",
+                        format!("at most {MAX_ATTRIBUTES} attributes, found {}", list.len()),
+                    ));
+                }
+                for (i, a) in list.iter().enumerate() {
+                    if a.name.trim().is_empty() {
+                        return Err(invalid.at(
+                            &format!("data.sensitive[{i}].name"),
+                            "must not be empty".into(),
+                        ));
+                    }
+                    if list[..i].iter().any(|o| o.name == a.name) {
+                        return Err(invalid.at(
+                            &format!("data.sensitive[{i}].name"),
+                            format!("`{}` names two attributes; names must be distinct", a.name),
+                        ));
+                    }
+                }
+                list.clone()
+            }
+            _ => Vec::new(),
+        };
         let source = if self.dataset == SYNTHETIC {
             let synthetic = self.synthetic.get_or_insert_with(SyntheticConfig::default);
             synthetic
@@ -434,7 +478,11 @@ impl DataSection {
         }
         Ok(DataConfig {
             source,
-            sensitive: self.sensitive.clone(),
+            sensitive: match &self.sensitive {
+                Some(SensitiveSetting::One(s)) => Some(s.clone()),
+                _ => None,
+            },
+            attributes,
             tasks: self.tasks.clone(),
             held_out_tasks: self.held_out_tasks.clone(),
             aware: self.aware,
@@ -673,6 +721,7 @@ impl PenaltySection {
                 metric: t.metric,
                 value,
                 task: t.task.clone(),
+                per_attribute: self.mode == PenaltyMode::Each,
                 step: t.step,
                 lambda_min: t.lambda_min,
                 lambda_max: t.lambda_max,
@@ -683,6 +732,7 @@ impl PenaltySection {
             lambda: self.lambda,
             eval_max_points: self.eval_max_points,
             condition,
+            mode: self.mode,
             target,
         })
     }
@@ -821,6 +871,17 @@ fn inert_keys(file: &ConfigFile) -> Vec<String> {
     };
     let p = &file.penalty;
     let kind = p.kind;
+    let several = match (&file.data.sensitive, &file.data.synthetic) {
+        (Some(SensitiveSetting::Many(list)), _) => list.len() >= 2,
+        (_, Some(s)) if file.data.dataset == SYNTHETIC => s.n_groups_2 >= 2,
+        _ => false,
+    };
+    inert(
+        "penalty.mode",
+        p.mode != defaults.penalty.mode && (kind == PenaltyKind::None || !several),
+        "it applies to a penalty with several sensitive attributes (with one, the two modes \
+         coincide)",
+    );
     inert(
         "penalty.lambda",
         kind == PenaltyKind::None && p.lambda != defaults.penalty.lambda,
@@ -1005,6 +1066,135 @@ mod tests {
                 .unwrap()
                 .inert
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn several_sensitive_attributes_and_the_penalty_mode_are_validated() {
+        let attrs = "[data]\ndataset = \"adult\"\n[[data.sensitive]]\nname = \"sex\"\ncolumn = \
+                     \"sex\"\ngroups = [{ name = \"F\", values = [\"Female\"] }, { name = \
+                     \"M\", values = [\"Male\"] }]\n[[data.sensitive]]\nname = \"race\"\n\
+                     column = \"race\"\ngroups = [{ name = \"W\", values = [\"White\"] }]\n\
+                     unmatched = \"other\"\n[penalty]\nkind = \"mmd\"\n";
+        let load = |text: &str, sets: &[&str]| {
+            parse(text, sets)
+                .and_then(|f| TrainConfig::from_file(f, Path::new("x.toml")))
+                .map_err(|e| e.to_string())
+        };
+        let cfg = load(attrs, &[]).unwrap();
+        let names: Vec<&str> = cfg
+            .data
+            .attributes
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        assert_eq!(names, ["sex", "race"]);
+        assert!(cfg.data.sensitive.is_none());
+        assert_eq!(cfg.penalty.mode, PenaltyMode::Each);
+        // The resolved file round-trips, keeps the array form and leaves out the default mode.
+        let text = cfg.file.to_toml();
+        assert!(
+            text.contains("[[data.sensitive]]") && !text.contains("mode ="),
+            "{text}"
+        );
+        assert_eq!(parse(&text, &[]).unwrap(), cfg.file);
+        let cfg = load(attrs, &["penalty.mode=intersectional"]).unwrap();
+        assert_eq!(cfg.penalty.mode, PenaltyMode::Intersectional);
+        assert!(cfg.inert.is_empty(), "{:?}", cfg.inert);
+        assert!(cfg.file.to_toml().contains("mode = \"intersectional\""));
+        // An unknown mode lists the variants.
+        let e = load(attrs, &["penalty.mode=cells"]).unwrap_err();
+        assert!(
+            e.contains("penalty.mode") && e.contains("intersectional"),
+            "{e}"
+        );
+        // An unknown key inside an attribute is refused, naming it.
+        let e = load(&attrs.replace("unmatched", "unmatchd"), &[]).unwrap_err();
+        assert!(
+            e.contains("data.sensitive") && e.contains("unmatchd"),
+            "{e}"
+        );
+        // A name is required, and must be distinct and non-empty.
+        let e = load(&attrs.replace("name = \"race\"\n", ""), &[]).unwrap_err();
+        assert!(e.contains("name"), "{e}");
+        let e = load(&attrs.replace("\"race\"\ncolumn", "\"sex\"\ncolumn"), &[]).unwrap_err();
+        assert!(
+            e.contains("data.sensitive[1].name") && e.contains("distinct"),
+            "{e}"
+        );
+        let e = load(&attrs.replace("\"race\"\ncolumn", "\" \"\ncolumn"), &[]).unwrap_err();
+        assert!(
+            e.contains("data.sensitive[1].name") && e.contains("empty"),
+            "{e}"
+        );
+        // An empty list and too many attributes.
+        let e = load("[data]\ndataset = \"adult\"\nsensitive = []\n", &[]).unwrap_err();
+        assert!(
+            e.contains("data.sensitive") && e.contains("empty list"),
+            "{e}"
+        );
+        let one = "[[data.sensitive]]\nname = \"a{i}\"\ncolumn = \"age\"\nthreshold = 30\n";
+        let many: String = (0..=MAX_ATTRIBUTES)
+            .map(|i| one.replace("{i}", &i.to_string()))
+            .collect();
+        let e = load(&format!("[data]\ndataset = \"adult\"\n{many}"), &[]).unwrap_err();
+        assert!(
+            e.contains("data.sensitive") && e.contains("at most 8"),
+            "{e}"
+        );
+        // The synthetic dataset refuses data.sensitive in either form.
+        let e = load(&attrs.replace("\"adult\"", "\"synthetic\""), &[]).unwrap_err();
+        assert!(
+            e.contains("data.sensitive") && e.contains("spec datasets"),
+            "{e}"
+        );
+        // The single-table form is unchanged.
+        let single = "[data]\ndataset = \"adult\"\n[data.sensitive]\ncolumn = \"sex\"\n\
+                      groups = [{ name = \"F\", values = [\"Female\"] }, { name = \"M\", \
+                      values = [\"Male\"] }]\n";
+        let cfg = load(single, &[]).unwrap();
+        assert!(cfg.data.attributes.is_empty() && cfg.data.sensitive.is_some());
+        let e = load(&single.replace("groups", "grops"), &[]).unwrap_err();
+        assert!(e.contains("grops"), "{e}");
+        // penalty.mode with one attribute or without a penalty is unused (warned); with the
+        // synthetic second attribute it is used.
+        let cfg = load(single, &["penalty.kind=mmd", "penalty.mode=intersectional"]).unwrap();
+        assert!(
+            cfg.inert.iter().any(|k| k.starts_with("penalty.mode")),
+            "{:?}",
+            cfg.inert
+        );
+        let cfg = load(attrs, &["penalty.kind=none", "penalty.mode=intersectional"]).unwrap();
+        assert!(
+            cfg.inert.iter().any(|k| k.starts_with("penalty.mode")),
+            "{:?}",
+            cfg.inert
+        );
+        let cfg = load(
+            "[data.synthetic]\nn_groups_2 = 2\n[penalty]\nkind = \"mmd\"\nmode = \"intersectional\"\n",
+            &[],
+        )
+        .unwrap();
+        assert!(cfg.inert.is_empty(), "{:?}", cfg.inert);
+        // A dp_gap target constrains the per-attribute gaps with "each" only.
+        let target = ["penalty.target.value=0.05", "penalty.lambda=1"];
+        assert!(
+            load(attrs, &target)
+                .unwrap()
+                .penalty
+                .target
+                .unwrap()
+                .per_attribute
+        );
+        let mut sets = target.to_vec();
+        sets.push("penalty.mode=intersectional");
+        assert!(
+            !load(attrs, &sets)
+                .unwrap()
+                .penalty
+                .target
+                .unwrap()
+                .per_attribute
         );
     }
 
