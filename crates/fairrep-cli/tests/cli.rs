@@ -2550,3 +2550,89 @@ fn one_attribute_as_a_list_equals_the_single_table_bit_for_bit() {
         assert_eq!(one["best_epoch"], single["best_epoch"]);
     }
 }
+
+#[test]
+fn eval_and_transfer_report_per_attribute_and_intersectional_gaps() {
+    let dir = scratch("attributes_audit");
+    let run = train_held_out(
+        &dir,
+        "two",
+        5.0,
+        &[
+            "--set",
+            "data.synthetic.n_groups_2=2",
+            "--set",
+            "penalty.mode=intersectional",
+        ],
+    );
+    // eval: the cells' metrics, each attribute's, and the summary keys of both.
+    let eval_out = dir.join("eval.json");
+    let out = fairrep(
+        &dir,
+        &[
+            "eval",
+            "--from",
+            run.to_str().unwrap(),
+            "--permutations",
+            "0",
+            "--sinkhorn-permutations",
+            "0",
+            "--max-points",
+            "200",
+            "--device",
+            "flex",
+            "--out",
+            eval_out.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("task0.dp_gap:s2") && table.contains("task0.dp_gap "),
+        "{table}"
+    );
+    let report = read_json(&eval_out);
+    assert_eq!(
+        report["groups"].as_array().unwrap().len(),
+        4,
+        "{}",
+        report["groups"]
+    );
+    let r = &report["runs"][0];
+    let cells = r["tasks"]["task0"]["dp_gap"].as_f64().unwrap();
+    for a in ["s", "s2"] {
+        let gap = r["attributes"][a]["task0"]["dp_gap"].as_f64().unwrap();
+        assert!(
+            (0.0..=cells + 1e-12).contains(&gap),
+            "{a}: {gap} vs cells {cells}"
+        );
+        assert!(report["summary"][format!("task0.dp_gap:{a}")]["mean"].is_number());
+    }
+    // transfer: each head's result and cell summary carry the attributes' gaps.
+    let config = transfer_config(
+        &dir,
+        "[data]\ntasks = [\"task1\"]\n[heads]\nkinds = [\"linear\"]\n[compare]\nraw = false\n",
+    );
+    let out = transfer_cmd(&dir, &run, &config, &[]);
+    assert_ok(&out);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("DP gap:s") && table.contains("DP gap:s2"),
+        "{table}"
+    );
+    let report = read_json(&run.join("transfer.json"));
+    let cell = &report["cells"][0];
+    let head = &cell["runs"][0];
+    let cells = head["dp_gap"].as_f64().unwrap();
+    for a in ["s", "s2"] {
+        let gap = head["attributes"][a]["dp_gap"].as_f64().unwrap();
+        assert!(
+            (0.0..=cells + 1e-12).contains(&gap),
+            "{a}: {gap} vs cells {cells}"
+        );
+        assert!(
+            cell["summary"][format!("dp_gap:{a}")]["mean"].is_number(),
+            "{cell}"
+        );
+    }
+}

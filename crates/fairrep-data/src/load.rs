@@ -1798,6 +1798,25 @@ mod tests {
     }
 
     #[test]
+    fn a_schema_written_before_attributes_existed_reads_and_writes_unchanged() {
+        // A format-2 manifest's schema (one attribute): no `attributes` key.
+        let old = r#"{"dataset":"adult","features":["age","job=a"],"inputs":[{"column":"age","kind":"numeric","categories":[]},{"column":"job","kind":"categorical","categories":["a"]}],"sensitive_column":"sex","groups":["Female","Male"],"tasks":[{"name":"income","column":"income","kind":"binary"}],"aware":false}"#;
+        let schema: Schema = serde_json::from_str(old).unwrap();
+        assert!(schema.attributes.is_empty());
+        assert_eq!(serde_json::to_string(&schema).unwrap(), old);
+        // With attributes, they round-trip.
+        let mut two = schema.clone();
+        two.attributes = vec![AttributeInfo {
+            name: "sex".into(),
+            column: "sex".into(),
+            groups: vec!["Female".into(), "Male".into()],
+        }];
+        let text = serde_json::to_string(&two).unwrap();
+        assert!(text.contains("\"attributes\""));
+        assert_eq!(serde_json::from_str::<Schema>(&text).unwrap(), two);
+    }
+
+    #[test]
     fn attribute_lists_are_checked() {
         let dir = std::env::temp_dir().join(format!("fairrep-load-attrc-{}", std::process::id()));
         let spec = attribute_table(&dir, |_| true);
