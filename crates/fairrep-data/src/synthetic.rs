@@ -314,9 +314,8 @@ pub fn synthetic(cfg: &SyntheticConfig, seed: u64) -> Dataset {
                 for v in &mut x[i * d + h..(i + 1) * d] {
                     *v += shift2 * c2;
                 }
-                for k in 0..n_tasks {
-                    let logit = logits[k][i] + bias2 * c2;
-                    split.targets[k][i] = if logit > 0.0 { 1.0 } else { 0.0 };
+                for (target, logit) in split.targets.iter_mut().zip(logits) {
+                    target[i] = if logit[i] + bias2 * c2 > 0.0 { 1.0 } else { 0.0 };
                 }
             }
             let first = std::mem::take(&mut split.groups);
