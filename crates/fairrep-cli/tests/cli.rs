@@ -2636,3 +2636,77 @@ fn eval_and_transfer_report_per_attribute_and_intersectional_gaps() {
         );
     }
 }
+
+#[test]
+fn two_attributes_work_with_the_positive_condition_sinkhorn_and_a_target() {
+    let dir = scratch("attributes_more");
+    let config = small_config(&dir, "sinkhorn", 2);
+    let config = config.to_str().unwrap();
+    let train = |sets: &[&str]| {
+        let mut args = vec![
+            "train",
+            config,
+            "--device",
+            "flex",
+            "--set",
+            "data.synthetic.n_groups_2=2",
+            "--set",
+            "penalty.sinkhorn.blur=0.5",
+        ];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        let out = fairrep(&dir, &args);
+        assert_ok(&out);
+        summary(&out)
+    };
+    // Sinkhorn, "each", on the positives of task1.
+    let s = train(&["penalty.condition=positive", "penalty.task=task1"]);
+    for split in ["valid", "test"] {
+        let sp = &s[split];
+        assert_eq!(sp["penalty_diagnostics"]["condition_task"], "task1", "{sp}");
+        let sum: f64 = ["s", "s2"]
+            .iter()
+            .map(|a| sp["attributes"][a]["penalty"].as_f64().unwrap())
+            .sum();
+        let penalty = sp["penalty"].as_f64().unwrap();
+        assert!(
+            (penalty - sum).abs() <= 1e-6 * (1.0 + sum.abs()),
+            "{split}: {penalty} vs {sum}"
+        );
+    }
+    // A DP-gap target constrains the largest per-attribute gap with "each" and the cells' gap
+    // with "intersectional".
+    for mode in ["each", "intersectional"] {
+        let s = train(&[
+            "penalty.kind=mmd",
+            "penalty.target.value=0.05",
+            &format!("penalty.mode={mode}"),
+        ]);
+        let run = dir.join(s["run_dir"].as_str().unwrap());
+        let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        for line in log.lines() {
+            let rec: Value = serde_json::from_str(line).unwrap();
+            let v = &rec["valid"];
+            let gaps: Vec<f64> = if mode == "each" {
+                ["s", "s2"]
+                    .iter()
+                    .flat_map(|a| {
+                        ["task0", "task1"]
+                            .map(|t| v["attributes"][a]["tasks"][t]["dp_gap"].as_f64().unwrap())
+                    })
+                    .collect()
+            } else {
+                ["task0", "task1"]
+                    .map(|t| v["tasks"][t]["dp_gap"].as_f64().unwrap())
+                    .to_vec()
+            };
+            let want = gaps.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            assert_eq!(
+                rec["constraint"]["value"].as_f64(),
+                Some(want),
+                "{mode}: {rec}"
+            );
+        }
+    }
+}

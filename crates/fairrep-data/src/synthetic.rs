@@ -315,7 +315,11 @@ pub fn synthetic(cfg: &SyntheticConfig, seed: u64) -> Dataset {
                     *v += shift2 * c2;
                 }
                 for (target, logit) in split.targets.iter_mut().zip(logits) {
-                    target[i] = if logit[i] + bias2 * c2 > 0.0 { 1.0 } else { 0.0 };
+                    target[i] = if logit[i] + bias2 * c2 > 0.0 {
+                        1.0
+                    } else {
+                        0.0
+                    };
                 }
             }
             let first = std::mem::take(&mut split.groups);
