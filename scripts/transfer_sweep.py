@@ -10,10 +10,12 @@ SWEEP_DIR is a finished sweep directory (its `results.csv`), TRANSFER_CONFIG a t
 its seeds go through `fairrep transfer` twice, scored on the validation split (`--split
 valid`) and on the test split, with `compare.raw = false`; the reports are written to
 SWEEP_DIR/transfer/{valid,test}-AXIS=VALUE.json (existing reports are reused). Then, per head,
-a Markdown table of mean ± 95% CI over seeds of the novel task's accuracy and DP gap on both
+a Markdown table of mean ± 95% CI over seeds of each novel task's accuracy and DP gap on both
 splits, and for each k of `--dp-max` the value chosen by "highest mean validation accuracy
-with mean validation DP gap <= k" (the rule of `fairrep sweep`, on the novel task): the choice
-reads the validation columns only, the test columns are reported beside.
+with mean validation DP gap <= k" (the rule of `fairrep sweep`, on the novel task; with
+several tasks, `--task` repeated or by default all of them: the highest mean over the tasks
+of the validation accuracy, among the values whose every task has a mean validation DP gap
+<= k). The choice reads the validation columns only; the test columns are reported beside.
 """
 import argparse
 import csv
@@ -65,12 +67,28 @@ def transfer(args, value, runs, split):
         return json.load(f)
 
 
-def cells_by_head(report, task):
-    cells = {}
+def cells(report, tasks):
+    """{task: {head: summary}} of the first representation (the swept encoders)."""
+    out = {task: {} for task in tasks}
     for cell in report["cells"]:
-        if cell["task"] == task and cell["head"] not in cells:
-            cells[cell["head"]] = cell["summary"]
-    return cells
+        heads = out.get(cell["task"])
+        if heads is not None and cell["head"] not in heads:
+            heads[cell["head"]] = cell["summary"]
+    for task, heads in out.items():
+        if not heads:
+            sys.exit(f"the transfer reports have no task `{task}` (they have {report['tasks']})")
+    return out
+
+
+def summarise(by_split, tasks, head):
+    """Over the tasks: the mean of the mean accuracies and the largest mean DP gap, per split."""
+    out = {}
+    for split, by_task in by_split.items():
+        out[split] = {
+            "accuracy": sum(by_task[t][head]["accuracy"]["mean"] for t in tasks) / len(tasks),
+            "dp_gap": max(by_task[t][head]["dp_gap"]["mean"] for t in tasks),
+        }
+    return out
 
 
 def main():
@@ -78,7 +96,8 @@ def main():
     parser.add_argument("sweep_dir")
     parser.add_argument("config")
     parser.add_argument("--axis", default="penalty.lambda")
-    parser.add_argument("--task")
+    parser.add_argument("--task", action="append",
+                        help="a novel task to choose on (repeatable; default: all of them)")
     parser.add_argument("--dp-max", default="0.01,0.02,0.05,0.1")
     parser.add_argument("--bin", default="target/release/fairrep")
     parser.add_argument("--data-dir")
@@ -87,39 +106,53 @@ def main():
     bounds = [float(k) for k in args.dp_max.split(",")]
 
     groups = values_and_runs(args.sweep_dir, args.axis)
-    table = []  # (value, seeds, {split: {head: summary}})
+    table = []  # (value, seeds, {split: {task: {head: summary}}})
+    tasks = args.task
     for value, runs in groups.items():
         by_split = {}
         for split in ("valid", "test"):
             report = transfer(args, value, runs, split)
-            task = args.task or report["tasks"][0]
-            by_split[split] = cells_by_head(report, task)
+            tasks = tasks or report["tasks"]
+            by_split[split] = cells(report, tasks)
         table.append((value, len(runs), by_split))
 
-    heads = list(table[0][2]["valid"])
-    print(f"`{args.sweep_dir}`, novel task `{task}`, `{args.axis}`; mean ± 95% CI over seeds\n")
+    heads = list(table[0][2]["valid"][tasks[0]])
+    names = ", ".join(f"`{t}`" for t in tasks)
+    print(f"`{args.sweep_dir}`, novel tasks {names}, `{args.axis}`; mean ± 95% CI over seeds\n")
     for head in heads:
         print(f"{head} head:\n")
-        print(f"| {args.axis} | seeds | valid accuracy | valid DP gap | test accuracy | test DP gap |")
-        print("|---|---|---|---|---|---|")
+        print(f"| {args.axis} | task | seeds | valid accuracy | valid DP gap | test accuracy | "
+              "test DP gap |")
+        print("|---|---|---|---|---|---|---|")
         for value, seeds, by_split in table:
-            v, t = by_split["valid"][head], by_split["test"][head]
-            print(f"| {value} | {seeds} | {show(v['accuracy'])} | {show(v['dp_gap'])} | "
-                  f"{show(t['accuracy'])} | {show(t['dp_gap'])} |")
+            for task in tasks:
+                v, t = by_split["valid"][task][head], by_split["test"][task][head]
+                print(f"| {value} | {task} | {seeds} | {show(v['accuracy'])} | "
+                      f"{show(v['dp_gap'])} | {show(t['accuracy'])} | {show(t['dp_gap'])} |")
         print()
+        several = len(tasks) > 1
+        if several:
+            print("Over the tasks: the mean of the accuracies, the largest DP gap; a value "
+                  "qualifies when every task's mean validation DP gap is <= k.\n")
         print("| k | chosen | valid accuracy | valid DP gap | test accuracy | test DP gap |")
         print("|---|---|---|---|---|---|")
         for k in bounds:
-            feasible = [(by_split["valid"][head]["accuracy"]["mean"], -i, value, by_split)
-                        for i, (value, _, by_split) in enumerate(table)
-                        if by_split["valid"][head]["dp_gap"]["mean"] <= k]
+            feasible = []
+            for i, (value, _, by_split) in enumerate(table):
+                m = summarise(by_split, tasks, head)
+                if m["valid"]["dp_gap"] <= k:
+                    feasible.append((m["valid"]["accuracy"], -i, value, by_split, m))
             if not feasible:
                 print(f"| {k} | none qualifies | | | | |")
                 continue
-            _, _, value, by_split = max(feasible, key=lambda x: (x[0], x[1]))
-            v, t = by_split["valid"][head], by_split["test"][head]
-            print(f"| {k} | {value} | {show(v['accuracy'])} | {show(v['dp_gap'])} | "
-                  f"{show(t['accuracy'])} | {show(t['dp_gap'])} |")
+            _, _, value, by_split, m = max(feasible, key=lambda x: (x[0], x[1]))
+            if several:
+                cols = [f"{m[s][c]:.4f}" for s in ("valid", "test") for c in ("accuracy", "dp_gap")]
+            else:
+                v, t = by_split["valid"][tasks[0]][head], by_split["test"][tasks[0]][head]
+                cols = [show(v["accuracy"]), show(v["dp_gap"]), show(t["accuracy"]),
+                        show(t["dp_gap"])]
+            print(f"| {k} | {value} | " + " | ".join(cols) + " |")
         print()
 
 
