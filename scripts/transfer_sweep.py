@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Transfers every configuration of a `fairrep sweep` to the novel tasks and chooses on validation.
 
-    scripts/transfer_sweep.py SWEEP_DIR TRANSFER_CONFIG [--axis penalty.lambda] [--task TASK]
+    scripts/transfer_sweep.py SWEEP_DIR TRANSFER_CONFIG [--axis penalty.lambda] [--task TASK]...
         [--dp-max 0.01,0.02,0.05,0.1] [--bin target/release/fairrep] [--data-dir DIR]
-        [--device flex]
+        [--device flex] [--values V1,V2,...] [--no-test]
 
 SWEEP_DIR is a finished sweep directory (its `results.csv`), TRANSFER_CONFIG a transfer config
 (e.g. configs/transfer/acs.toml). For each value of the swept key `--axis`, the runs of all
@@ -11,7 +11,8 @@ its seeds go through `fairrep transfer` twice, scored on the validation split (`
 valid`) and on the test split, with `compare.raw = false`; the reports are written to
 SWEEP_DIR/transfer/{valid,test}-AXIS=VALUE.json (existing reports are reused). Then, per head,
 a Markdown table of mean ± 95% CI over seeds of each novel task's accuracy and DP gap on both
-splits, and for each k of `--dp-max` the value chosen by "highest mean validation accuracy
+splits (`--no-test`: the validation split only; `--values`: only some values of the axis),
+and for each k of `--dp-max` the value chosen by "highest mean validation accuracy
 with mean validation DP gap <= k" (the rule of `fairrep sweep`, on the novel task; with
 several tasks, `--task` repeated or by default all of them: the highest mean over the tasks
 of the validation accuracy, among the values whose every task has a mean validation DP gap
@@ -102,15 +103,26 @@ def main():
     parser.add_argument("--bin", default="target/release/fairrep")
     parser.add_argument("--data-dir")
     parser.add_argument("--device", default="flex")
+    parser.add_argument("--values", help="only these values of the axis, comma-separated, as in "
+                        "results.csv (e.g. 3.0,10.0)")
+    parser.add_argument("--no-test", action="store_true",
+                        help="score the validation split only (no test columns)")
     args = parser.parse_args()
     bounds = [float(k) for k in args.dp_max.split(",")]
 
     groups = values_and_runs(args.sweep_dir, args.axis)
+    if args.values:
+        wanted = args.values.split(",")
+        missing = [v for v in wanted if v not in groups]
+        if missing:
+            sys.exit(f"--values: {missing} not in the sweep's `{args.axis}` ({list(groups)})")
+        groups = {v: groups[v] for v in wanted}
+    splits = ("valid",) if args.no_test else ("valid", "test")
     table = []  # (value, seeds, {split: {task: {head: summary}}})
     tasks = args.task
     for value, runs in groups.items():
         by_split = {}
-        for split in ("valid", "test"):
+        for split in splits:
             report = transfer(args, value, runs, split)
             tasks = tasks or report["tasks"]
             by_split[split] = cells(report, tasks)
@@ -126,9 +138,9 @@ def main():
         print("|---|---|---|---|---|---|---|")
         for value, seeds, by_split in table:
             for task in tasks:
-                v, t = by_split["valid"][task][head], by_split["test"][task][head]
-                print(f"| {value} | {task} | {seeds} | {show(v['accuracy'])} | "
-                      f"{show(v['dp_gap'])} | {show(t['accuracy'])} | {show(t['dp_gap'])} |")
+                cols = [show(by_split[s][task][head][c]) if s in by_split else "-"
+                        for s in ("valid", "test") for c in ("accuracy", "dp_gap")]
+                print(f"| {value} | {task} | {seeds} | " + " | ".join(cols) + " |")
         print()
         several = len(tasks) > 1
         if several:
@@ -147,11 +159,11 @@ def main():
                 continue
             _, _, value, by_split, m = max(feasible, key=lambda x: (x[0], x[1]))
             if several:
-                cols = [f"{m[s][c]:.4f}" for s in ("valid", "test") for c in ("accuracy", "dp_gap")]
+                cols = [f"{m[s][c]:.4f}" if s in m else "-"
+                        for s in ("valid", "test") for c in ("accuracy", "dp_gap")]
             else:
-                v, t = by_split["valid"][tasks[0]][head], by_split["test"][tasks[0]][head]
-                cols = [show(v["accuracy"]), show(v["dp_gap"]), show(t["accuracy"]),
-                        show(t["dp_gap"])]
+                cols = [show(by_split[s][tasks[0]][head][c]) if s in by_split else "-"
+                        for s in ("valid", "test") for c in ("accuracy", "dp_gap")]
             print(f"| {k} | {value} | " + " | ".join(cols) + " |")
         print()
 
