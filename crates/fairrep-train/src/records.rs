@@ -105,6 +105,11 @@ pub struct EpochTiming {
     pub optimizer: f64,
     /// Validation after the epoch (forward pass, metrics, the penalty on its subsample).
     pub valid: f64,
+    /// CPU seconds of the process over the epoch (training and validation, all threads), where
+    /// the system reports them (Linux); wall time above exceeds it when threads wait or the
+    /// machine is shared.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cpu: Option<f64>,
 }
 
 /// The constrained validation metric of one epoch (`penalty.target`).

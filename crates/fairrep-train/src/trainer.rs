@@ -636,7 +636,7 @@ impl Session {
         &mut self,
         epoch: usize,
         (train, mut timing): (TrainLosses, EpochTiming),
-        started: Instant,
+        (started, cpu_start): (Instant, Option<f64>),
         session_start: Instant,
     ) -> Result<bool, TrainError> {
         let number = epoch + 1;
@@ -682,6 +682,9 @@ impl Session {
             None => None,
         };
         let seconds = started.elapsed().as_secs_f64();
+        timing.cpu = cpu_start
+            .zip(process_cpu_seconds())
+            .map(|(start, end)| end - start);
         self.train_seconds += seconds;
         let record = EpochRecord {
             epoch: number,
@@ -971,8 +974,9 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome, TrainError> {
     let session_start = Instant::now();
     for epoch in session.start_epoch..session.cfg.optim.epochs {
         let started = Instant::now();
+        let cpu_start = process_cpu_seconds();
         let train = session.train_epoch(epoch, &batcher, &x_train, &y_train)?;
-        if session.record_epoch(epoch, train, started, session_start)? {
+        if session.record_epoch(epoch, train, (started, cpu_start), session_start)? {
             info!(
                 "stopping after epoch {} (run.stop_after_epoch); continue with --resume {}",
                 epoch + 1,
@@ -986,6 +990,18 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome, TrainError> {
     }
     session.write_curves();
     Ok(TrainOutcome::Finished(Box::new(session.finish(wall)?)))
+}
+
+/// The CPU time of this process so far, all threads (Linux: the sum of each live thread's
+/// on-CPU nanoseconds in `/proc/self/task/*/schedstat`); `None` where that is not readable.
+fn process_cpu_seconds() -> Option<f64> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    let mut nanos: u64 = 0;
+    for task in tasks {
+        let text = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        nanos += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(nanos as f64 * 1e-9)
 }
 
 /// The one-line summary of an epoch logged on stderr.
