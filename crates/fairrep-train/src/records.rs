@@ -110,6 +110,9 @@ pub struct EpochTiming {
     /// machine is shared.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cpu: Option<f64>,
+    /// The part of [`cpu`](Self::cpu) spent in validation.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cpu_valid: Option<f64>,
 }
 
 /// The constrained validation metric of one epoch (`penalty.target`).

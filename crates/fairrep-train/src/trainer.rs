@@ -642,6 +642,7 @@ impl Session {
         let number = epoch + 1;
         let epochs = self.cfg.optim.epochs;
         let valid_start = Instant::now();
+        let valid_cpu_start = process_cpu_seconds();
         let valid = evaluate(
             &self.model.valid(),
             &self.dataset.valid,
@@ -652,6 +653,10 @@ impl Session {
             EVAL_SEED,
         )?;
         timing.valid = valid_start.elapsed().as_secs_f64();
+        let valid_cpu_end = process_cpu_seconds();
+        timing.cpu_valid = valid_cpu_start
+            .zip(valid_cpu_end)
+            .map(|(start, end)| end - start);
         let objective = valid.objective(self.lambda);
         let penalty = valid.penalty.as_ref().map_or(0.0, |p| p.value);
         if let Some((what, value)) = [("task loss", valid.task_loss), ("penalty", penalty)]
@@ -682,9 +687,7 @@ impl Session {
             None => None,
         };
         let seconds = started.elapsed().as_secs_f64();
-        timing.cpu = cpu_start
-            .zip(process_cpu_seconds())
-            .map(|(start, end)| end - start);
+        timing.cpu = cpu_start.zip(valid_cpu_end).map(|(start, end)| end - start);
         self.train_seconds += seconds;
         let record = EpochRecord {
             epoch: number,
