@@ -17,10 +17,12 @@ For each case, in one invocation:
    penalty on a group-stratified subsample of ``eval_max_points`` rows); the best epoch's
    weights are evaluated on the test split.
 
-Both sides are timed the same way: per epoch, the training steps and the validation pass,
-separately; the table's seconds per epoch are the median over the epochs after the first of
-their sum. Each process also reports its wall time, CPU seconds (user + system) and peak
-resident memory (``wait4``).
+Both sides are timed the same way: per epoch, the training steps and the validation pass
+apart, wall time and the process's CPU seconds (fairrep's ``timing`` record; PyTorch's
+``time.perf_counter`` and ``time.process_time``); the table gives the median over the epochs
+after the first. Each process also reports its peak resident memory (``wait4``). On a shared
+machine wall times depend on the load (PyTorch's threads wait at barriers when a core is taken
+from them); CPU seconds much less.
 
     python3 -m venv /path/venv && /path/venv/bin/pip install torch==2.15.0 geomloss==0.3.1 \\
         numpy==2.4.6
