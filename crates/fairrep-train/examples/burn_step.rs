@@ -11,8 +11,13 @@
 //! - `forward`: the MLP's forward pass and loss, plain;
 //! - `backward`: forward + loss + `backward()` on the autodiff device;
 //! - `step`: forward + loss + backward + `GradientsParams` + Adam;
+//! - the same with the batch selected from an autodiff tensor, as the trainer makes it;
 //! - forward passes on the autodiff device whose graphs are dropped without a backward, then
-//!   the first backward after them (which frees their nodes) and the steady state again;
+//!   the first backward after them (which frees their nodes) and the steady state again.
+//!
+//! The backward calls of the first loops drop their gradients unread; their per-call time
+//! grows with their number (compare `--iters 50 --repeats 3` with `--iters 100 --repeats 5`),
+//! which the trainer, reading every step's gradients, does not show.
 //! - `select`: gathering 512 rows of a `[30162, 101]` tensor by an index tensor (the batch).
 //!
 //! ```sh
@@ -154,6 +159,15 @@ fn main() {
         "forward + loss + backward",
         time(iters, repeats, || {
             let _ = model.loss(xa.clone(), ya.clone()).backward();
+        }),
+    );
+    // The batch as the trainer makes it: rows selected from an autodiff tensor.
+    let index = Tensor::<1, Int>::from_data(TensorData::new(idx.clone(), [batch]), &ad);
+    let xs = table.clone().select(0, index);
+    report(
+        "forward + loss + backward, selected batch",
+        time(iters, repeats, || {
+            let _ = model.loss(xs.clone(), ya.clone()).backward();
         }),
     );
     let mut optim: ModuleOptimizer = AdamConfig::new().init();
