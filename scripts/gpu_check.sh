@@ -102,6 +102,27 @@ else
         --sizes 4096,16384,65536 --dims 8,32 --repeats 3 --max-tensor-n 16384 --memory-n 50000
 fi
 
+# Training throughput against a PyTorch loop on CUDA (scripts/bench_train.py: same data, model,
+# optimiser and penalty; fairrep on wgpu), with a Python whose torch has CUDA ($TORCH_PYTHON,
+# else python3); skipped with the reason otherwise.
+TORCH_PY=${TORCH_PYTHON:-python3}
+if ! "$TORCH_PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" \
+        > /dev/null 2>&1; then
+    echo "== bench_train skipped: $TORCH_PY has no torch with CUDA (set TORCH_PYTHON)"
+elif [ ! -d "${FAIRREP_DATA_DIR:-/nonexistent}/adult" ]; then
+    echo "== bench_train skipped: no Adult data in FAIRREP_DATA_DIR"
+else
+    if [ "$QUICK" = 1 ]; then
+        bench_cases=adult-mmd; bench_epochs=1
+    else
+        bench_cases=adult-none,adult-mmd,adult-sinkhorn,celeba-mmd,adult-mmd-b4096; bench_epochs=3
+    fi
+    step bench_train "$TORCH_PY" scripts/bench_train.py --fairrep "$BIN" \
+        --data-dir "$FAIRREP_DATA_DIR" --cases "$bench_cases" --epochs "$bench_epochs" \
+        --device cuda --fairrep-device wgpu --work "$OUT/bench_train" \
+        --out "$OUT/bench_train.json"
+fi
+
 # One JSON: the card, every step (status, seconds, peak RSS in kB), each training run's
 # summary (test accuracy and DP gap of every task, seconds per epoch) and the benchmark table.
 python3 - "$OUT" "$EPOCHS" << 'EOF'
@@ -128,6 +149,9 @@ if bench.exists():
     lines = bench.read_text().splitlines()
     start = next((i for i, l in enumerate(lines) if l.lstrip().startswith("op ")), 0)
     report["bench_fused"] = [l for l in lines[start:] if l.strip() and "Compiling" not in l]
+train_bench = out / "bench_train.json"
+if train_bench.exists():
+    report["bench_train"] = json.loads(train_bench.read_text())
 (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
 print(json.dumps({k: v["exit"] for k, v in report["steps"].items()}, indent=1))
 EOF

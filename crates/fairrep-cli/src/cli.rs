@@ -117,6 +117,11 @@ pub(crate) struct TrainArgs {
     /// Continue a killed or stopped run from its last checkpoint.
     #[arg(long, value_name = "RUN_DIR")]
     pub(crate) resume: Option<PathBuf>,
+    /// Write the preprocessed train / valid / test splits this config trains on (S_x.npy,
+    /// S_s.npy, S_y.npy, config.toml, data.json) into DIR and exit without training; prints
+    /// data.json.
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    pub(crate) dump_data: Option<PathBuf>,
 }
 
 /// Which divergence `fairrep divergence` computes.

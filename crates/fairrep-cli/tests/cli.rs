@@ -198,6 +198,79 @@ fn trains_end_to_end_and_writes_its_artifacts() {
     assert!(svg.starts_with("<svg") && svg.contains("valid DP gap"));
 }
 
+/// `--dump-data DIR` writes the splits the config trains on, prints their description, and
+/// trains nothing; epochs record their timing.
+#[test]
+fn dump_data_writes_the_splits_and_trains_nothing() {
+    let dir = scratch("dump-data");
+    let config = small_config(&dir, "mmd", 1);
+    let config = config.to_str().unwrap();
+    let out = fairrep(
+        &dir,
+        &["train", config, "--out", "runs", "--dump-data", "dump"],
+    );
+    assert_ok(&out);
+    let dump: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(dump["tasks"], serde_json::json!(["task0", "task1"]));
+    let rows: Vec<u64> = dump["splits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["rows"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rows, [600, 200, 200]);
+    for split in ["train", "valid", "test"] {
+        for part in ["x", "s", "y"] {
+            assert!(dir.join(format!("dump/{split}_{part}.npy")).is_file());
+        }
+    }
+    assert!(dir.join("dump/data.json").is_file() && dir.join("dump/config.toml").is_file());
+    assert!(!dir.join("runs").exists(), "--dump-data trains nothing");
+
+    let out = fairrep(
+        &dir,
+        &["train", config, "--device", "flex", "--out", "runs"],
+    );
+    assert_ok(&out);
+    let run = only_run_dir(&dir.join("runs"));
+    let line: Value = serde_json::from_str(
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let timing = &line["timing"];
+    for phase in [
+        "train",
+        "batches",
+        "forward",
+        "penalty",
+        "backward",
+        "optimizer",
+        "valid",
+    ] {
+        assert!(timing[phase].as_f64().unwrap() >= 0.0, "{phase}: {timing}");
+    }
+    let parts: f64 = [
+        "batches",
+        "forward",
+        "penalty",
+        "loss_read",
+        "backward",
+        "optimizer",
+    ]
+    .iter()
+    .map(|k| timing[k].as_f64().unwrap())
+    .sum();
+    assert!(
+        parts <= timing["train"].as_f64().unwrap() + 1e-9,
+        "{timing}"
+    );
+    assert!(timing["train"].as_f64().unwrap() <= line["seconds"].as_f64().unwrap());
+}
+
 #[test]
 fn resumed_run_matches_an_uninterrupted_one() {
     let dir = scratch("resume");

@@ -2,7 +2,9 @@
 //! (docs/MATH.md, "Setting").
 use burn::tensor::{Int, Tensor};
 
-use crate::config::{LossError, MmdConfig, SinkhornConfig};
+use fairrep_metrics::median::{MedianError, PointSet};
+
+use crate::config::{BANDWIDTH_RANGE, Bandwidth, LossError, MmdConfig, SinkhornConfig};
 use crate::mmd::mmd2;
 use crate::sinkhorn::sinkhorn_divergence;
 
@@ -99,13 +101,37 @@ pub fn fairness_penalty(
     if n_groups - out.missing_groups.len() < 2 {
         return Ok(out);
     }
+    // The median heuristic of every group's pooled sample (its rows, then the whole batch)
+    // from one set of the batch's pairwise distances, read once.
+    let points = match divergence {
+        Divergence::Mmd(MmdConfig {
+            bandwidth: Bandwidth::Median,
+            ..
+        }) => {
+            let d = z.dims()[1];
+            let values: Vec<f64> = z
+                .clone()
+                .inner()
+                .into_data()
+                .try_to_vec_as::<f64>()
+                .expect("float tensor data");
+            Some(PointSet::new(&values, d))
+        }
+        _ => None,
+    };
     let mut total: Option<Tensor<1>> = None;
     for rows in members.iter().filter(|rows| !rows.is_empty()) {
         let p_g = rows.len() as f64 / n as f64;
         let index = Tensor::<1, Int>::from_data(rows.as_slice(), &device);
         let z_g = z.clone().select(0, index);
         let div = match divergence {
-            Divergence::Mmd(config) => mmd2(z_g, z.clone(), None, None, config)?,
+            Divergence::Mmd(config) => {
+                let config = match &points {
+                    Some(set) => pooled_median(set, rows, config),
+                    None => config.clone(),
+                };
+                mmd2(z_g, z.clone(), None, None, &config)?
+            }
             Divergence::Sinkhorn(config) => {
                 let s = sinkhorn_divergence(z_g, z.clone(), None, None, config)?;
                 out.converged &= s.converged;
@@ -123,4 +149,75 @@ pub fn fairness_penalty(
     }
     out.value = total.expect("at least two groups present");
     Ok(out)
+}
+
+/// `config` with the median heuristic of the pooled sample `z_g` then `z` (`rows` of `z` then
+/// all of them) as a fixed bandwidth: the value `mmd2(z_g, z, ..)` would compute itself
+/// (`crate::kernel::median_heuristic`). A median that is not finite or not in range is left
+/// to `mmd2`, which reports it.
+fn pooled_median(set: &PointSet, rows: &[i64], config: &MmdConfig) -> MmdConfig {
+    let pooled: Vec<usize> = rows
+        .iter()
+        .map(|&i| i as usize)
+        .chain(0..set.len())
+        .collect();
+    let median = match set.median_of_rows(&pooled) {
+        Ok(m) if BANDWIDTH_RANGE.contains(&m.value) => m.value,
+        Err(MedianError::AllIdentical | MedianError::TooFewPoints(_)) => 1.0,
+        _ => return config.clone(),
+    };
+    MmdConfig {
+        bandwidth: Bandwidth::Fixed(vec![median]),
+        ..config.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    /// The penalty with the median heuristic, computed from one set of the batch's distances,
+    /// is bit for bit the sum of the groups' `mmd2` with their own median heuristic, and so is
+    /// its gradient.
+    #[test]
+    fn shared_distances_give_the_groups_own_median_bandwidths() {
+        let device = Device::flex().autodiff();
+        let (n, d) = (90, 6);
+        let values: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 7919) % 101) as f32 / 25.0 - 2.0)
+            .collect();
+        let groups: Vec<u32> = (0..n).map(|i| [0, 1, 1, 2, 1][i % 5]).collect();
+        let config = MmdConfig::default();
+        let divergence = Divergence::Mmd(config.clone());
+
+        let z =
+            Tensor::<2>::from_data(TensorData::new(values.clone(), [n, d]), &device).require_grad();
+        let got = fairness_penalty(z.clone(), &groups, 3, &divergence).unwrap();
+        let got_grad = got.value.backward();
+        let got_grad = z.grad(&got_grad).unwrap().into_data();
+
+        let z = Tensor::<2>::from_data(TensorData::new(values, [n, d]), &device).require_grad();
+        let mut want: Option<Tensor<1>> = None;
+        for g in 0..3u32 {
+            let rows: Vec<i64> = (0..n as i64).filter(|&i| groups[i as usize] == g).collect();
+            let p_g = rows.len() as f64 / n as f64;
+            let index = Tensor::<1, Int>::from_data(rows.as_slice(), &device);
+            let term = mmd2(z.clone().select(0, index), z.clone(), None, None, &config)
+                .unwrap()
+                .mul_scalar(p_g);
+            want = Some(match want {
+                Some(acc) => acc + term,
+                None => term,
+            });
+        }
+        let want = want.unwrap();
+        let want_grad = want.backward();
+        let want_grad = z.grad(&want_grad).unwrap().into_data();
+        assert_eq!(
+            got.value.into_scalar::<f32>().to_bits(),
+            want.into_scalar::<f32>().to_bits()
+        );
+        assert_eq!(got_grad, want_grad);
+    }
 }

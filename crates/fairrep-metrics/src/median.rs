@@ -52,74 +52,159 @@ pub fn median_pairwise_distance<T: Copy + Into<f64>>(
     points: &[T],
     dim: usize,
 ) -> Result<MedianDistance, MedianError> {
-    let n = points.len().checked_div(dim).unwrap_or(0);
-    if n < 2 {
-        return Err(MedianError::TooFewPoints(n));
-    }
-    let dist = |i: usize, j: usize| -> f64 {
-        let (p, q) = (
-            &points[i * dim..(i + 1) * dim],
-            &points[j * dim..(j + 1) * dim],
-        );
-        p.iter()
-            .zip(q)
-            .map(|(&a, &b)| {
-                let d = a.into() - b.into();
-                d * d
-            })
-            .sum::<f64>()
-            .sqrt()
-    };
-    let sampled = n > EXACT_MAX_POINTS;
-    let mut d: Vec<f64> = if sampled {
-        let mut rng = ChaCha8Rng::seed_from_u64(SAMPLE_SEED);
-        (0..SAMPLED_PAIRS)
-            .map(|_| {
-                let i = rng.random_range(0..n);
-                let j = (i + rng.random_range(1..n)) % n;
-                dist(i, j)
-            })
-            .collect()
-    } else {
-        let mut d = Vec::with_capacity(n * (n - 1) / 2);
-        for i in 0..n {
-            for j in (i + 1)..n {
-                d.push(dist(i, j));
-            }
-        }
-        d
-    };
-    if d.iter().any(|v| !v.is_finite()) {
-        return Err(MedianError::NonFinite);
-    }
-    let mut value = median(&mut d);
-    let mut pairs = d.len();
-    if value <= 0.0 {
-        d.retain(|&v| v > 0.0);
-        if d.is_empty() {
-            return Err(MedianError::AllIdentical);
-        }
-        pairs = d.len();
-        value = median(&mut d);
-    }
-    Ok(MedianDistance {
-        value,
-        pairs,
-        sampled,
-    })
+    let set = PointSet::new(points, dim);
+    let rows: Vec<usize> = (0..set.n).collect();
+    set.median_of_rows(&rows)
 }
 
-/// The median of a non-empty slice (mean of the two middle values for an even length); the
-/// slice is reordered.
-fn median(v: &mut [f64]) -> f64 {
+/// A point set whose multisets of rows (a row may appear more than once) get their median
+/// pairwise distance by [`PointSet::median_of_rows`]: the same value as
+/// [`median_pairwise_distance`] of the gathered rows, with each distinct pair's distance
+/// computed once when the multiset repeats rows (as the MMD penalty's pooled sample of a group
+/// and the whole batch does).
+#[derive(Debug, Clone)]
+pub struct PointSet {
+    /// Row-major float64 coordinates.
+    points: Vec<f64>,
+    dim: usize,
+    n: usize,
+    /// `|p_i - p_j|^2` for every pair, row-major `n x n`, computed on first need.
+    squared: std::cell::OnceCell<Vec<f64>>,
+}
+
+impl PointSet {
+    /// The rows of the row-major `points` (`points.len() / dim` rows of `dim` coordinates).
+    pub fn new<T: Copy + Into<f64>>(points: &[T], dim: usize) -> Self {
+        let n = points.len().checked_div(dim).unwrap_or(0);
+        Self {
+            points: points[..n * dim].iter().map(|&v| v.into()).collect(),
+            dim,
+            n,
+            squared: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Number of points.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether the set has no point.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    fn dist2(&self, i: usize, j: usize) -> f64 {
+        let d = self.dim;
+        squared_distance(
+            &self.points[i * d..(i + 1) * d],
+            &self.points[j * d..(j + 1) * d],
+        )
+    }
+
+    /// The median pairwise distance of the multiset of points `rows` (indices into the set,
+    /// repeats allowed), by the module's convention over the pairs `a < b` of positions in
+    /// `rows`.
+    ///
+    /// # Panics
+    /// If a row is out of range.
+    pub fn median_of_rows(&self, rows: &[usize]) -> Result<MedianDistance, MedianError> {
+        let m = rows.len();
+        if m < 2 {
+            return Err(MedianError::TooFewPoints(m));
+        }
+        // The squared distances are selected and only the middle values are square-rooted (the
+        // square root is monotone, so the median of the distances is the square root of the
+        // median of the squared distances).
+        let sampled = m > EXACT_MAX_POINTS;
+        let mut d: Vec<f64> = if sampled {
+            let mut rng = ChaCha8Rng::seed_from_u64(SAMPLE_SEED);
+            (0..SAMPLED_PAIRS)
+                .map(|_| {
+                    let i = rng.random_range(0..m);
+                    let j = (i + rng.random_range(1..m)) % m;
+                    self.dist2(rows[i], rows[j])
+                })
+                .collect()
+        } else if m > self.n {
+            // Repeated rows: every distinct pair once, then gathered.
+            let n = self.n;
+            let squared = self.squared.get_or_init(|| {
+                let mut s = vec![0.0f64; n * n];
+                for i in 0..n {
+                    for j in (i + 1)..n {
+                        let v = self.dist2(i, j);
+                        s[i * n + j] = v;
+                        s[j * n + i] = v;
+                    }
+                }
+                s
+            });
+            let mut d = Vec::with_capacity(m * (m - 1) / 2);
+            for (a, &i) in rows.iter().enumerate() {
+                let row = &squared[i * n..(i + 1) * n];
+                d.extend(rows[a + 1..].iter().map(|&j| row[j]));
+            }
+            d
+        } else {
+            let mut d = Vec::with_capacity(m * (m - 1) / 2);
+            for (a, &i) in rows.iter().enumerate() {
+                d.extend(rows[a + 1..].iter().map(|&j| self.dist2(i, j)));
+            }
+            d
+        };
+        if d.iter().any(|v| !v.is_finite()) {
+            return Err(MedianError::NonFinite);
+        }
+        let mut value = median_of_roots(&mut d);
+        let mut pairs = d.len();
+        if value <= 0.0 {
+            d.retain(|&v| v > 0.0);
+            if d.is_empty() {
+                return Err(MedianError::AllIdentical);
+            }
+            pairs = d.len();
+            value = median_of_roots(&mut d);
+        }
+        Ok(MedianDistance {
+            value,
+            pairs,
+            sampled,
+        })
+    }
+}
+
+/// `|p - q|^2` in float64, summed in eight independent lanes so that it vectorises (the sum
+/// is reassociated, not approximated).
+fn squared_distance(p: &[f64], q: &[f64]) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0.0f64; LANES];
+    let (pc, qc) = (p.chunks_exact(LANES), q.chunks_exact(LANES));
+    let (pr, qr) = (pc.remainder(), qc.remainder());
+    for (a, b) in pc.zip(qc) {
+        for k in 0..LANES {
+            let d = a[k] - b[k];
+            acc[k] += d * d;
+        }
+    }
+    for (k, (a, b)) in pr.iter().zip(qr).enumerate() {
+        let d = a - b;
+        acc[k] += d * d;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+/// The median of the square roots of a non-empty slice of non-negative values (mean of the two
+/// middle roots for an even length); the slice is reordered.
+fn median_of_roots(v: &mut [f64]) -> f64 {
     let k = v.len();
     let mid = k / 2;
     let (lower, upper, _) = v.select_nth_unstable_by(mid, f64::total_cmp);
     if k % 2 == 1 {
-        *upper
+        upper.sqrt()
     } else {
         let below = lower.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        0.5 * (below + *upper)
+        0.5 * (below.sqrt() + upper.sqrt())
     }
 }
 
@@ -157,6 +242,70 @@ mod tests {
             median_pairwise_distance(&[0.0f64, 1e200, -1e200, 0.0], 1),
             Err(MedianError::NonFinite)
         );
+    }
+
+    #[test]
+    fn matches_the_plain_definition() {
+        // Every pair's distance summed in order and square-rooted, then the median: the lane
+        // sums and the late square roots change only the rounding.
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for (n, dim) in [(2, 3), (7, 1), (40, 13), (101, 32), (64, 8)] {
+            let pts: Vec<f32> = (0..n * dim)
+                .map(|_| rng.random_range(-3.0f32..3.0) + 100.0)
+                .collect();
+            let mut d: Vec<f64> = Vec::new();
+            for i in 0..n {
+                for j in (i + 1)..n {
+                    let s: f64 = (0..dim)
+                        .map(|k| {
+                            let t = f64::from(pts[i * dim + k]) - f64::from(pts[j * dim + k]);
+                            t * t
+                        })
+                        .sum();
+                    d.push(s.sqrt());
+                }
+            }
+            d.sort_by(f64::total_cmp);
+            let k = d.len();
+            let want = if k % 2 == 1 {
+                d[k / 2]
+            } else {
+                0.5 * (d[k / 2 - 1] + d[k / 2])
+            };
+            let got = median_pairwise_distance(&pts, dim).unwrap();
+            assert_eq!(got.pairs, k);
+            assert!(
+                (got.value - want).abs() <= 1e-14 * want,
+                "n {n} d {dim}: {} vs {want}",
+                got.value
+            );
+        }
+    }
+
+    #[test]
+    fn multisets_of_rows_match_the_gathered_points() {
+        // A group's rows followed by every row (the penalty's pooled sample), a plain subset,
+        // and a multiset above the exact limit: the same value as the gathered points, bit for
+        // bit.
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let (n, dim) = (300, 5);
+        let pts: Vec<f32> = (0..n * dim)
+            .map(|_| rng.random_range(-2.0f32..2.0))
+            .collect();
+        let set = PointSet::new(&pts, dim);
+        let group: Vec<usize> = (0..n).filter(|i| i % 3 == 0).collect();
+        let pooled: Vec<usize> = group.iter().copied().chain(0..n).collect();
+        let subset: Vec<usize> = (0..n).filter(|i| i % 7 == 2).collect();
+        let big: Vec<usize> = (0..2500).map(|i| (i * 13) % n).collect();
+        for rows in [&pooled, &subset, &big] {
+            let gathered: Vec<f32> = rows
+                .iter()
+                .flat_map(|&i| pts[i * dim..(i + 1) * dim].iter().copied())
+                .collect();
+            let want = median_pairwise_distance(&gathered, dim).unwrap();
+            assert_eq!(set.median_of_rows(rows).unwrap(), want);
+        }
+        assert_eq!(set.median_of_rows(&[4]), Err(MedianError::TooFewPoints(1)));
     }
 
     #[test]

@@ -77,6 +77,42 @@ pub struct EpochRecord {
     /// With `penalty.target`: the constrained metric on validation after this epoch.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub constraint: Option<ConstraintRecord>,
+    /// Where the epoch's time went (absent in records written before it was measured).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub timing: Option<EpochTiming>,
+}
+
+/// Where an epoch's wall time went, in seconds, measured on the host around each phase of the
+/// training step. The CPU devices compute eagerly, so each phase holds its own work; on wgpu,
+/// queued work is counted where the host waits for it (mostly `loss_read`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochTiming {
+    /// The minibatch loop, all steps (the sum of the five phases below and the loop's own
+    /// bookkeeping).
+    pub train: f64,
+    /// Building each batch: its row indices and the gathered inputs and targets.
+    pub batches: f64,
+    /// The forward pass and the task losses.
+    pub forward: f64,
+    /// The penalty's value and its autodiff graph (its own gradient included where the penalty
+    /// computes it, as the host paths do).
+    pub penalty: f64,
+    /// Reading each step's loss back to check that it is finite.
+    pub loss_read: f64,
+    /// The backward pass.
+    pub backward: f64,
+    /// The optimiser steps.
+    pub optimizer: f64,
+    /// Validation after the epoch (forward pass, metrics, the penalty on its subsample).
+    pub valid: f64,
+    /// CPU seconds of the process over the epoch (training and validation, all threads), where
+    /// the system reports them (Linux); wall time above exceeds it when threads wait or the
+    /// machine is shared.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cpu: Option<f64>,
+    /// The part of [`cpu`](Self::cpu) spent in validation.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cpu_valid: Option<f64>,
 }
 
 /// The constrained validation metric of one epoch (`penalty.target`).

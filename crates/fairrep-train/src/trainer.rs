@@ -49,7 +49,7 @@ use crate::eval::{EvalError, SplitEval, evaluate, rows_tensor};
 use crate::losses::{bce_with_logits, mse};
 use crate::plot::training_curves;
 use crate::records::{
-    BURN_VERSION, BestEpoch, CONFIG_FILE, CURVES_FILE, ConstraintRecord, EpochRecord,
+    BURN_VERSION, BestEpoch, CONFIG_FILE, CURVES_FILE, ConstraintRecord, EpochRecord, EpochTiming,
     MANIFEST_FORMAT, Manifest, SUMMARY_FILE, Summary, TrainLosses, TrainPenaltyDiagnostics,
 };
 use crate::run_dir::{append_metrics, create_run_dir, write_metrics_file};
@@ -467,7 +467,7 @@ impl Session {
         batcher: &StratifiedBatches,
         x_train: &Tensor<2>,
         y_train: &[Tensor<2>],
-    ) -> Result<TrainLosses, TrainError> {
+    ) -> Result<(TrainLosses, EpochTiming), TrainError> {
         let number = epoch + 1;
         let ad = self.selected.device.clone().autodiff();
         let seed = self.cfg.seed();
@@ -510,12 +510,27 @@ impl Session {
             what,
             last,
         };
+        let mut timing = EpochTiming::default();
+        let loop_start = Instant::now();
+        // Seconds since `*mark`, moving the mark to now.
+        let lap = |mark: &mut Instant| {
+            let now = Instant::now();
+            let seconds = (now - *mark).as_secs_f64();
+            *mark = now;
+            seconds
+        };
         for (b, idx) in batches.iter().enumerate() {
+            let mut mark = Instant::now();
             let index = crate::eval::index_tensor(idx, &ad);
-            let out = self.model.forward(x_train.clone().select(0, index.clone()));
+            let x = x_train.clone().select(0, index.clone());
+            let targets: Vec<Tensor<2>> = y_train
+                .iter()
+                .map(|y| y.clone().select(0, index.clone()))
+                .collect();
+            timing.batches += lap(&mut mark);
+            let out = self.model.forward(x);
             let mut task_loss: Option<Tensor<1>> = None;
-            for (t, logits) in out.logits.into_iter().enumerate() {
-                let targets = y_train[t].clone().select(0, index.clone());
+            for ((t, logits), targets) in out.logits.into_iter().enumerate().zip(targets) {
                 let loss_t = match kinds[t] {
                     TaskKind::Binary => bce_with_logits(logits, targets),
                     TaskKind::Regression => mse(logits, targets),
@@ -527,6 +542,7 @@ impl Session {
                 });
             }
             let mut loss = task_loss.expect("at least one task") / n_tasks as f64;
+            timing.forward += lap(&mut mark);
             if let Some(divergence) = &train_divergence {
                 // With `penalty.condition = "positive"`, only the batch's positives of the
                 // conditioning task enter the penalty.
@@ -586,8 +602,10 @@ impl Session {
                     add(&mut penalty_sum, &penalty.value);
                     loss = loss + penalty.value * lambda;
                 }
+                timing.penalty += lap(&mut mark);
             }
             let value = scalar(loss.clone().inner());
+            timing.loss_read += lap(&mut mark);
             if !value.is_finite() {
                 return Err(diverged(
                     b + 1,
@@ -597,11 +615,14 @@ impl Session {
             }
             loss_sum += value;
             let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+            timing.backward += lap(&mut mark);
             self.model = self.optim.step(lr, self.model.clone(), grads);
+            timing.optimizer += lap(&mut mark);
             if (b + 1) % 50 == 0 {
                 debug!("epoch {number}: batch {}/{n_batches}", b + 1);
             }
         }
+        timing.train = loop_start.elapsed().as_secs_f64();
         let mean = |acc: Option<Tensor<1>>| acc.map_or(f64::NAN, scalar) / n_batches as f64;
         let task_means: Vec<f64> = task_sums.into_iter().map(mean).collect();
         if let Some(fairrep_loss::Divergence::Sinkhorn(s)) = &train_divergence
@@ -617,7 +638,7 @@ impl Session {
                 diagnostics.max_n_iters
             );
         }
-        Ok(TrainLosses {
+        let losses = TrainLosses {
             loss: loss_sum / n_batches as f64,
             task_loss: task_means.iter().sum::<f64>() / n_tasks as f64,
             penalty: penalty_sum.map(|p| scalar(p) / n_batches as f64),
@@ -628,7 +649,8 @@ impl Session {
                 .zip(task_means)
                 .collect(),
             penalty_diagnostics: train_divergence.map(|_| diagnostics),
-        })
+        };
+        Ok((losses, timing))
     }
 
     /// Step 3 and 4: validate the epoch, append its record, redraw the curves, move the best
@@ -636,12 +658,14 @@ impl Session {
     fn record_epoch(
         &mut self,
         epoch: usize,
-        train: TrainLosses,
-        started: Instant,
+        (train, mut timing): (TrainLosses, EpochTiming),
+        (started, cpu_start): (Instant, Option<f64>),
         session_start: Instant,
     ) -> Result<bool, TrainError> {
         let number = epoch + 1;
         let epochs = self.cfg.optim.epochs;
+        let valid_start = Instant::now();
+        let valid_cpu_start = process_cpu_seconds();
         let valid = evaluate(
             &self.model.valid(),
             &self.dataset.valid,
@@ -651,6 +675,11 @@ impl Session {
             &self.selected.device,
             EVAL_SEED,
         )?;
+        timing.valid = valid_start.elapsed().as_secs_f64();
+        let valid_cpu_end = process_cpu_seconds();
+        timing.cpu_valid = valid_cpu_start
+            .zip(valid_cpu_end)
+            .map(|(start, end)| end - start);
         let objective = valid.objective(self.lambda);
         let penalty = valid.penalty.as_ref().map_or(0.0, |p| p.value);
         if let Some((what, value)) = [("task loss", valid.task_loss), ("penalty", penalty)]
@@ -681,6 +710,7 @@ impl Session {
             None => None,
         };
         let seconds = started.elapsed().as_secs_f64();
+        timing.cpu = cpu_start.zip(valid_cpu_end).map(|(start, end)| end - start);
         self.train_seconds += seconds;
         let record = EpochRecord {
             epoch: number,
@@ -691,7 +721,9 @@ impl Session {
             seconds,
             lambda: self.cfg.penalty.target.as_ref().map(|_| self.lambda),
             constraint,
+            timing: Some(timing),
         };
+        let writes = Instant::now();
         append_metrics(&self.run_dir, &record)?;
         let per_epoch = session_start.elapsed().as_secs_f64() / (number - self.start_epoch) as f64;
         info!(
@@ -745,6 +777,10 @@ impl Session {
                 checkpoint::save(&self.run_dir, &manifest, &self.model, &self.optim, is_best)?;
             debug!("checkpoint {name} written");
         }
+        debug!(
+            "epoch {number}: metrics, curves and checkpoint written in {:.4} s",
+            writes.elapsed().as_secs_f64()
+        );
         Ok(stop)
     }
 
@@ -967,8 +1003,9 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome, TrainError> {
     let session_start = Instant::now();
     for epoch in session.start_epoch..session.cfg.optim.epochs {
         let started = Instant::now();
+        let cpu_start = process_cpu_seconds();
         let train = session.train_epoch(epoch, &batcher, &x_train, &y_train)?;
-        if session.record_epoch(epoch, train, started, session_start)? {
+        if session.record_epoch(epoch, train, (started, cpu_start), session_start)? {
             info!(
                 "stopping after epoch {} (run.stop_after_epoch); continue with --resume {}",
                 epoch + 1,
@@ -982,6 +1019,18 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome, TrainError> {
     }
     session.write_curves();
     Ok(TrainOutcome::Finished(Box::new(session.finish(wall)?)))
+}
+
+/// The CPU time of this process so far, all threads (Linux: the sum of each live thread's
+/// on-CPU nanoseconds in `/proc/self/task/*/schedstat`); `None` where that is not readable.
+fn process_cpu_seconds() -> Option<f64> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    let mut nanos: u64 = 0;
+    for task in tasks {
+        let text = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        nanos += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(nanos as f64 * 1e-9)
 }
 
 /// The one-line summary of an epoch logged on stderr.

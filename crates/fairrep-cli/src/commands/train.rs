@@ -69,6 +69,12 @@ pub(crate) fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     }
     let config = TrainConfig::load(&config_path, &overrides)
         .with_context(|| format!("cannot use config `{}`", config_path.display()))?;
+    if let Some(dir) = &args.dump_data {
+        let dump = fairrep_train::dump::dump_data(&config, args.data_dir.as_deref(), dir)
+            .context("cannot dump the data")?;
+        println!("{}", serde_json::to_string_pretty(&dump)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.resume.is_some()
         && let Some(code) = rerun_for_resume(&config)?
     {
