@@ -295,9 +295,11 @@ pub(crate) fn same_measure(x: &Tensor<2>, y: &Tensor<2>, a: &Tensor<1>, b: &Tens
 /// `check_every` iterations) or `max_iters` is reached. `config` must be valid
 /// ([`SinkhornConfig::validate`]).
 ///
-/// During the descent each step updates the four potentials in parallel and averages each with
-/// its previous value (`new = (old + update) / 2`, GeomLoss `sinkhorn_loop` with symmetric
-/// updates; plain alternating updates stall on the self terms).
+/// During the descent each step updates the two cross potentials in parallel and averages
+/// each with its previous value (`new = (old + update) / 2`, GeomLoss `sinkhorn_loop` with
+/// symmetric updates). The self potentials start at the target eps (see the loop): their
+/// averaged symmetric steps converge in a few iterations there, so the descent does not carry
+/// them (two of its four softmins per eps saved).
 ///
 /// With `same` (see [`same_measure`]) the cross potentials are taken equal to the symmetric
 /// ones at the target eps instead of being iterated: the exact solution of that problem, which
@@ -542,8 +544,10 @@ impl Momentum {
     /// sqrt(1 - rate))` (Thibault et al. 2017), is too small for the rest of the solve, and
     /// re-estimating it from the over-relaxed rate (Young's relation) keeps restarting the
     /// transient. Measured at n = m = 2048, d = 16, eps = 0.1, tolerance 1e-3, from the
-    /// end of a descent at scaling 0.9: 85 iterations at the target eps with the weight of
-    /// the first rate (1.5), 50 with 1.7, 45 with 1.8; 1.9 diverged at first
+    /// end of a descent at scaling 0.9, iterations at the target eps: 85 with the weight of the
+    /// first measured rate (1.5), 100 to 105 re-estimating it; with a fixed weight from the
+    /// first iteration 65 (1.5), 50 (1.7) and 45 (1.8), while 1.9 diverged at first; as
+    /// implemented (plain steps until the first rate is measured, then 1.8) 54
     /// (docs/BENCHMARKS.md).
     const OMEGA: f64 = 1.8;
     /// Per-iteration rates below this are fast enough for plain alternating steps.
