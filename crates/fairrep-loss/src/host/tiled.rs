@@ -31,9 +31,10 @@ use crate::solver::{Pair, Problem, SinkhornOutput, SolveOutput, SolverOps, solve
 pub(crate) const TILE_ROWS: usize = 64;
 
 /// Pieces per thread of a kernel sweep that also sums its columns (each piece holds its own
-/// column sums, `cols (d + 1)` values): few enough to bound that memory, enough for the
-/// threads to balance their load.
-pub(crate) const COLUMN_PIECES: usize = 4;
+/// column sums, `cols (d + 1)` values): few enough to bound that memory (at 10^6 points in 16
+/// dimensions, 136 MiB per piece), enough for the threads to balance their load (the row
+/// tiles all cost the same).
+pub(crate) const COLUMN_PIECES: usize = 2;
 
 /// Rows and columns of the register block of [`gram_tile`] (four 512-bit accumulators in
 /// float32; a block of 32 columns was no longer vectorised by the compiler).
