@@ -62,6 +62,8 @@ struct Options {
     peers: bool,
     /// The kinds `--paths` compares (`sinkhorn`, `mmd`).
     kinds: Vec<String>,
+    /// The Sinkhorn eps-scaling factor of `--paths` runs.
+    scaling: f64,
     /// Child mode: one case (`sinkhorn` or `mmd`) on `--path`, size `--sizes`, `--dims`.
     case: Option<String>,
     path: String,
@@ -90,6 +92,7 @@ fn options() -> Options {
         bandwidths: vec![0.5, 1.0, 2.0],
         peers: false,
         kinds: vec!["sinkhorn".into(), "mmd".into()],
+        scaling: 0.9,
         case: None,
         path: "routed".into(),
     };
@@ -122,6 +125,7 @@ fn options() -> Options {
             "--case" => o.case = Some(value),
             "--kinds" => o.kinds = value.split(',').map(|s| s.trim().to_string()).collect(),
             "--path" => o.path = value,
+            "--scaling" => o.scaling = value.parse().expect("--scaling"),
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -355,11 +359,12 @@ fn run_case(o: &Options, device: &Device, kind: &str) {
     let path = parse_path(&o.path);
     let cpu_start = cpu_seconds();
     let converged = std::cell::Cell::new(true);
+    let softmins = std::cell::Cell::new(0);
     let ours = match kind {
         "sinkhorn" => {
             let config = SinkhornConfig {
                 eps: o.eps,
-                scaling: 0.9,
+                scaling: o.scaling,
                 tolerance: o.tolerance,
                 max_iters: 50_000,
                 check_every: 5,
@@ -371,6 +376,7 @@ fn run_case(o: &Options, device: &Device, kind: &str) {
                 }
                 .expect("the divergence computes");
                 converged.set(s.converged);
+                softmins.set(s.n_softmins);
                 (s.value, s.marginal_error, s.n_iters)
             };
             time_ours(device, &x, &y, n, d, o.repeats, &run)
@@ -397,6 +403,7 @@ fn run_case(o: &Options, device: &Device, kind: &str) {
         "{}",
         serde_json::json!({
             "secs": secs, "value": value, "err": err, "iters": iters,
+            "softmins": softmins.get(),
             "converged": converged.get(), "rss_mib": peak_rss_mib(),
             "cpu_per_run": (cpu_seconds() - cpu_start) / (o.repeats + 1) as f64,
         })
@@ -417,7 +424,7 @@ fn compare_paths(o: &Options) {
         o.repeats.max(1)
     );
     println!(
-        "{:<9} {:>6} {:>3} {:<11} {:>9} {:>9} {:>9} {:>14} {:>6} {:>8} | {:>8} {:>8}",
+        "{:<9} {:>6} {:>3} {:<11} {:>9} {:>9} {:>9} {:>14} {:>6} {:>6} {:>8} | {:>8} {:>8}",
         "kind",
         "n",
         "d",
@@ -427,6 +434,7 @@ fn compare_paths(o: &Options) {
         "RSS MiB",
         "value",
         "iters",
+        "passes",
         "marg.err",
         "t/first",
         "RSS/first"
@@ -442,6 +450,7 @@ fn compare_paths(o: &Options) {
                         .args(["--sizes", &n.to_string(), "--dims", &d.to_string()])
                         .args(["--eps", &o.eps.to_string()])
                         .args(["--tolerance", &o.tolerance.to_string()])
+                        .args(["--scaling", &o.scaling.to_string()])
                         .args(["--repeats", &o.repeats.to_string()])
                         .args(["--bandwidths", &bandwidths.join(",")])
                         .output()
@@ -469,10 +478,11 @@ fn compare_paths(o: &Options) {
                     };
                     println!(
                         "{kind:<9} {n:>6} {d:>3} {path:<11} {secs:>9.4} {:>9.3} {rss:>9.1} \
-                         {:>14.7e} {:>6} {:>7.1e}{mark:<1} | {:>8.2} {:>8.2}",
+                         {:>14.7e} {:>6} {:>6} {:>7.1e}{mark:<1} | {:>8.2} {:>8.2}",
                         f("cpu_per_run"),
                         f("value"),
                         f("iters"),
+                        f("softmins"),
                         f("err"),
                         secs / t0,
                         rss / r0,

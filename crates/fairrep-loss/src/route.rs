@@ -238,8 +238,24 @@ pub fn estimated_bytes(kind: Kind, path: Path, [n, m, d]: [usize; 3], elem_bytes
         (_, Path::Fused) => 8 * (n + m) * (d + 2),
         (_, Path::HostTiled) => {
             let threads = rayon::current_num_threads() as u128;
-            let tile = crate::host::tiled::TILE_ROWS as u128 * (2048 + 2 * d + 8);
-            12 * (n + m) * d + 24 * (n + m) + threads * tile
+            // One tile of values per thread (two for the MMD, with its gradient weights) and
+            // the product's scratch; the clouds, with copies padded to the register block
+            // when `d` is not a multiple of it; for the MMD's cross sweep with both
+            // gradients, the column sums of each piece of the split.
+            let (buffers, column_sums) = match kind {
+                Kind::Mmd => (
+                    2,
+                    crate::host::tiled::COLUMN_PIECES as u128 * threads * n.max(m) * (d + 1),
+                ),
+                Kind::Sinkhorn => (1, 0),
+            };
+            let tile = crate::host::tiled::TILE_ROWS as u128 * (buffers * 2048 + 2 * d + 24);
+            let padded = if d % 16 == 0 {
+                0
+            } else {
+                2 * (n + m) * (d + 16)
+            };
+            12 * (n + m) * d + padded + 24 * (n + m) + threads * tile + column_sums
         }
     };
     u64::try_from(elems * elem_bytes as u128).unwrap_or(u64::MAX)

@@ -162,6 +162,8 @@ fn tensor_ops_divergence(
         n_iters: solved.n_iters,
         marginal_error: solved.marginal_error,
         converged: solved.converged,
+        // The last step: one softmin of each of the four potentials.
+        n_softmins: solved.n_softmins + 4,
     })
 }
 

@@ -168,6 +168,8 @@ pub(crate) fn divergence(
         n_iters: solved.n_iters,
         marginal_error: solved.marginal_error,
         converged: solved.converged,
+        // The last step: one softmin of each of the four potentials.
+        n_softmins: solved.n_softmins + 4,
     })
 }
 

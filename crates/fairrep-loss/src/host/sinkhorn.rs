@@ -148,12 +148,14 @@ impl<F: HostFloat> HostSolution<F> {
             n_iters,
             marginal_error,
             converged,
+            n_softmins,
         } = self.solved;
         SolveOutput {
             potentials: potentials.map(|v| to_tensor(v, device, dtype)),
             n_iters,
             marginal_error,
             converged,
+            n_softmins,
         }
     }
 }
@@ -232,5 +234,7 @@ pub(crate) fn divergence<F: HostFloat>(
         n_iters: solved.n_iters,
         marginal_error: solved.marginal_error,
         converged: solved.converged,
+        // The last step: one softmin of each of the four potentials.
+        n_softmins: solved.n_softmins + 4,
     })
 }

@@ -30,6 +30,12 @@ use crate::solver::{Pair, Problem, SinkhornOutput, SolveOutput, SolverOps, solve
 /// Rows of a tile: one parallel task sweeps this many rows against every column.
 pub(crate) const TILE_ROWS: usize = 64;
 
+/// Pieces per thread of a kernel sweep that also sums its columns (each piece holds its own
+/// column sums, `cols (d + 1)` values): few enough to bound that memory (at 10^6 points in 16
+/// dimensions, 136 MiB per piece), enough for the threads to balance their load (the row
+/// tiles all cost the same).
+pub(crate) const COLUMN_PIECES: usize = 2;
+
 /// Rows and columns of the register block of [`gram_tile`] (four 512-bit accumulators in
 /// float32; a block of 32 columns was no longer vectorised by the compiler).
 const BLOCK_ROWS: usize = 4;
@@ -52,6 +58,11 @@ pub(crate) struct Cloud<F> {
     /// `|p_i|^2`.
     sq: Vec<F>,
     d: usize,
+    /// `[len, padded_d]`, row-major, each row zero-padded to a multiple of the register block
+    /// (the right factor of the products of [`accumulate_points`]); empty when `d` is already
+    /// a multiple (`points` serves then).
+    padded: Vec<F>,
+    padded_d: usize,
 }
 
 impl<F: HostFloat> Cloud<F> {
@@ -75,16 +86,37 @@ impl<F: HostFloat> Cloud<F> {
                 transposed[k * len + i] = v;
             }
         }
+        let padded_d = d.div_ceil(BLOCK_COLS) * BLOCK_COLS;
+        let mut padded = vec![F::ZERO; if padded_d == d { 0 } else { len * padded_d }];
+        if d > 0 && padded_d != d {
+            for (row, p) in padded
+                .chunks_exact_mut(padded_d)
+                .zip(points.chunks_exact(d))
+            {
+                row[..d].copy_from_slice(p);
+            }
+        }
         Self {
             points,
             transposed,
             sq,
             d,
+            padded,
+            padded_d,
         }
     }
 
     fn len(&self) -> usize {
         self.sq.len()
+    }
+
+    /// The points row-major with rows of a multiple of the register block: `(values, stride)`.
+    fn block_rows(&self) -> (&[F], usize) {
+        if self.padded_d == self.d {
+            (&self.points, self.d)
+        } else {
+            (&self.padded, self.padded_d)
+        }
     }
 }
 
@@ -173,14 +205,30 @@ fn multiply_add<F: HostFloat>(acc: &mut [F; BLOCK_COLS], p: F, q: &[F; BLOCK_COL
     }
 }
 
-/// `acc += e_j q_j` over the columns of one tile row (`q`: the row-major column cloud from the
-/// tile's first column).
+/// `acc_r += sum_j e_rj q_j` for every row `r` of a tile (`e`: `[rows, w]`; `acc`: `[rows,
+/// d]`) over the columns `c0 .. c0 + w` of `cols`: the product `E Q`, register-blocked as the
+/// Gram tile ([`gram_tile`] with the roles of its two factors taken by `E` and the padded
+/// points `Q`), then added. A row-by-row accumulation into `acc` instead waits on its own
+/// stores at every column (a dependency chain through memory), several times slower.
 #[inline(always)]
-fn accumulate_points<F: HostFloat>(acc: &mut [F], e: &[F], q: &[F]) {
-    let d = acc.len();
-    for (&e, q) in e.iter().zip(q.chunks_exact(d.max(1))) {
-        for (a, &q) in acc.iter_mut().zip(q) {
-            *a = e.mul_add(q, *a);
+fn accumulate_points<F: HostFloat>(
+    acc: &mut [F],
+    (e, rows, w): (&[F], usize, usize),
+    (cols, c0): (&Cloud<F>, usize),
+    scratch: &mut Vec<F>,
+) {
+    let d = cols.d;
+    if d == 0 {
+        return;
+    }
+    let (points, pd) = cols.block_rows();
+    scratch.clear();
+    scratch.resize(rows * pd, F::ZERO);
+    let q = &points[c0 * pd..(c0 + w) * pd];
+    gram_tile((e, rows), w, q, pd, 0, pd, scratch);
+    for (acc, s) in acc.chunks_exact_mut(d).zip(scratch.chunks_exact(pd)) {
+        for (a, &s) in acc.iter_mut().zip(s) {
+            *a = *a + s;
         }
     }
 }
@@ -266,6 +314,7 @@ impl<F: HostFloat> pulp::WithSimd for SoftminTile<'_, F> {
         let mut tile = vec![F::ZERO; count * width.min(m)];
         let mut maxes = vec![F::NEG_INFINITY; count];
         let mut sums = vec![F::ZERO; count];
+        let mut scratch = Vec::new();
         let mut c0 = 0;
         while c0 < m {
             let w = width.min(m - c0);
@@ -291,12 +340,14 @@ impl<F: HostFloat> pulp::WithSimd for SoftminTile<'_, F> {
                 sums[r] = sums[r] * keep + sum_of(z);
                 maxes[r] = new;
                 if let Some(bary) = bary.as_deref_mut() {
-                    let acc = &mut bary[r * d..(r + 1) * d];
-                    for a in acc.iter_mut() {
+                    for a in &mut bary[r * d..(r + 1) * d] {
                         *a = *a * keep;
                     }
-                    accumulate_points(acc, z, &cols.points[c0 * d..(c0 + w) * d]);
                 }
+            }
+            if let Some(bary) = bary.as_deref_mut() {
+                // Every row's terms `exp(z_j - max)` of this chunk are in `g`: `bary += E Q`.
+                accumulate_points(bary, (g, count, w), (cols, c0), &mut scratch);
             }
             c0 += w;
         }
@@ -433,12 +484,14 @@ pub(crate) fn solve<F: HostFloat>(
         n_iters,
         marginal_error,
         converged,
+        n_softmins,
     } = TiledSolution::<F>::new(problem, config)?.solved;
     Ok(SolveOutput {
         potentials: potentials.map(|v| to_tensor(v, &device, dtype)),
         n_iters,
         marginal_error,
         converged,
+        n_softmins,
     })
 }
 
@@ -508,32 +561,63 @@ pub(crate) fn divergence<F: HostFloat>(
         n_iters: solved.n_iters,
         marginal_error: solved.marginal_error,
         converged: solved.converged,
+        // The last step: one softmin of each of the four potentials.
+        n_softmins: solved.n_softmins + 4,
     })
 }
 
 /// One kernel block `K(P, Q)` swept in tiles: `form = u' K v` and, when kept for a gradient,
 /// `r_i = sum_j L_ij v_j` and `w_i = sum_j L_ij v_j q_j` (`[rows, d]`), with `L_ij = mean_s
 /// exp(-|p_i - q_j|^2 / (2 s^2)) / s^2`, so that `dT/dp_i = -u_i (p_i r_i - w_i)` (the
-/// quantities of `crate::host::mmd`, without its matrices).
+/// quantities of `crate::host::mmd`, without its matrices); and, when kept for the columns'
+/// gradient, the same sums over the rows, `r'_j = sum_i L_ij u_i` and `w'_j = sum_i L_ij u_i
+/// p_i` (the kernel is symmetric: what a second sweep of `K(Q, P)` would give).
 #[derive(Debug)]
 pub(crate) struct KernelSums<F> {
     form: f64,
     r: Vec<F>,
     w: Vec<F>,
+    cols: Option<ColumnSums<F>>,
+}
+
+/// `r'` (`[cols]`) and `w'` (`[cols, d]`) of [`KernelSums`], accumulated per thread and added.
+#[derive(Debug)]
+struct ColumnSums<F> {
+    r: Vec<F>,
+    w: Vec<F>,
+}
+
+impl<F: HostFloat> ColumnSums<F> {
+    fn zeros(cols: usize, d: usize) -> Self {
+        Self {
+            r: vec![F::ZERO; cols],
+            w: vec![F::ZERO; cols * d],
+        }
+    }
+
+    fn add(mut self, other: Self) -> Self {
+        for (a, b) in self.r.iter_mut().zip(other.r) {
+            *a = *a + b;
+        }
+        for (a, b) in self.w.iter_mut().zip(other.w) {
+            *a = *a + b;
+        }
+        self
+    }
 }
 
 /// [`KernelSums`] of the clouds `rows` and `cols` with weights `u`, `v`; `keep`: also `r` and
-/// `w`.
+/// `w`; `keep_cols`: also `r'` and `w'`.
 pub(crate) fn kernel_tiled<F: HostFloat>(
     rows: &Cloud<F>,
     cols: &Cloud<F>,
     (u, v): (&[F], &[F]),
     bandwidths: &[f64],
-    keep: bool,
+    (keep, keep_cols): (bool, bool),
 ) -> KernelSums<F> {
     let (n, d) = (rows.len(), rows.d);
     // Points of dimension 0 have an empty gradient (and the row split below needs d > 0).
-    let keep = keep && d > 0;
+    let (keep, keep_cols) = (keep && d > 0, keep_cols && d > 0);
     let count = bandwidths.len() as f64;
     let scales: Vec<(F, F)> = bandwidths
         .iter()
@@ -545,7 +629,7 @@ pub(crate) fn kernel_tiled<F: HostFloat>(
         (Vec::new(), Vec::new())
     };
     let arch = pulp::Arch::new();
-    let task = |t: usize, kept: Option<(&mut [F], &mut [F])>| {
+    let task = |t: usize, kept: Option<(&mut [F], &mut [F])>, col: Option<&mut ColumnSums<F>>| {
         arch.dispatch(KernelTile {
             rows,
             cols,
@@ -555,24 +639,53 @@ pub(crate) fn kernel_tiled<F: HostFloat>(
             v,
             scales: &scales,
             kept,
+            col,
         })
     };
-    let sum: f64 = if keep {
+    let m = cols.len();
+    // Each piece of the parallel split has its own column sums, added at the end (only when
+    // kept): at most about COLUMN_PIECES per thread, to bound their memory.
+    let new_cols = || keep_cols.then(|| ColumnSums::zeros(m, d));
+    let tiles = n.div_ceil(TILE_ROWS);
+    let min_len = if keep_cols {
+        tiles
+            .div_ceil(COLUMN_PIECES * rayon::current_num_threads())
+            .max(1)
+    } else {
+        1
+    };
+    let merge = |(s1, c1): (f64, Option<ColumnSums<F>>), (s2, c2): (f64, Option<ColumnSums<F>>)| {
+        let c = match (c1, c2) {
+            (Some(a), Some(b)) => Some(a.add(b)),
+            (a, b) => a.or(b),
+        };
+        (s1 + s2, c)
+    };
+    let (sum, col_sums) = if keep {
         r.par_chunks_mut(TILE_ROWS)
             .zip(w.par_chunks_mut(TILE_ROWS * d))
             .enumerate()
-            .map(|(t, (r, w))| task(t, Some((r, w))))
-            .sum()
+            .with_min_len(min_len)
+            .fold(
+                || (0.0, new_cols()),
+                |(s, mut c), (t, (r, w))| (s + task(t, Some((r, w)), c.as_mut()), c),
+            )
+            .reduce(|| (0.0, None), merge)
     } else {
-        (0..n.div_ceil(TILE_ROWS))
+        (0..tiles)
             .into_par_iter()
-            .map(|t| task(t, None))
-            .sum()
+            .with_min_len(min_len)
+            .fold(
+                || (0.0, new_cols()),
+                |(s, mut c), t| (s + task(t, None, c.as_mut()), c),
+            )
+            .reduce(|| (0.0, None), merge)
     };
     KernelSums {
         form: sum / count,
         r,
         w,
+        cols: col_sums.or_else(new_cols),
     }
 }
 
@@ -587,6 +700,7 @@ struct KernelTile<'a, F> {
     v: &'a [F],
     scales: &'a [(F, F)],
     kept: Option<(&'a mut [F], &'a mut [F])>,
+    col: Option<&'a mut ColumnSums<F>>,
 }
 
 impl<F: HostFloat> pulp::WithSimd for KernelTile<'_, F> {
@@ -603,13 +717,25 @@ impl<F: HostFloat> pulp::WithSimd for KernelTile<'_, F> {
             v,
             scales,
             mut kept,
+            mut col,
         } = self;
         let (d, m) = (rows.d, cols.len());
         let width = tile_cols(d);
         let p = &rows.points[r0 * d..(r0 + count) * d];
         let mut tile = vec![F::ZERO; count * width.min(m)];
         let mut k = vec![F::ZERO; width.min(m)];
-        let mut l = vec![F::ZERO; if kept.is_some() { width.min(m) } else { 0 }];
+        let gradient = kept.is_some() || col.is_some();
+        let mut l = vec![F::ZERO; if gradient { width.min(m) } else { 0 }];
+        // `L_ij v_j` of every row of the chunk, for the product with the column points.
+        let mut lv = vec![
+            F::ZERO;
+            if kept.is_some() {
+                count * width.min(m)
+            } else {
+                0
+            }
+        ];
+        let mut scratch = Vec::new();
         let mut form = 0.0;
         let mut c0 = 0;
         while c0 < m {
@@ -625,36 +751,61 @@ impl<F: HostFloat> pulp::WithSimd for KernelTile<'_, F> {
                 }
                 let k = &mut k[..w];
                 k.fill(F::ZERO);
-                match kept.as_mut() {
-                    None => {
-                        for &(c, _) in scales {
-                            for (k, &s) in k.iter_mut().zip(dist.iter()) {
-                                *k = *k + (s * c).exp_nonpositive();
+                if gradient {
+                    let l = &mut l[..w];
+                    l.fill(F::ZERO);
+                    for &(c, scale) in scales {
+                        for ((k, l), &s) in k.iter_mut().zip(l.iter_mut()).zip(dist.iter()) {
+                            let e = (s * c).exp_nonpositive();
+                            *k = *k + e;
+                            *l = *l + e * scale;
+                        }
+                    }
+                    if let Some(col) = col.as_deref_mut() {
+                        // r'_j += L_ij u_i, w'_j += L_ij u_i p_i.
+                        let ui = u[r0 + r];
+                        let pi = &p[r * d..(r + 1) * d];
+                        let (col_r, col_w) =
+                            (&mut col.r[c0..c0 + w], &mut col.w[c0 * d..(c0 + w) * d]);
+                        for ((cr, cw), &l) in col_r
+                            .iter_mut()
+                            .zip(col_w.chunks_exact_mut(d))
+                            .zip(l.iter())
+                        {
+                            let lu = l * ui;
+                            *cr = *cr + lu;
+                            for (cw, &pk) in cw.iter_mut().zip(pi) {
+                                *cw = lu.mul_add(pk, *cw);
                             }
                         }
                     }
-                    Some((r_out, w_out)) => {
-                        let l = &mut l[..w];
-                        l.fill(F::ZERO);
-                        for &(c, scale) in scales {
-                            for ((k, l), &s) in k.iter_mut().zip(l.iter_mut()).zip(dist.iter()) {
-                                let e = (s * c).exp_nonpositive();
-                                *k = *k + e;
-                                *l = *l + e * scale;
-                            }
+                    if let Some((r_out, _)) = kept.as_mut() {
+                        let lv = &mut lv[r * w..(r + 1) * w];
+                        for ((lv, &l), &v) in lv.iter_mut().zip(l.iter()).zip(v_cols) {
+                            *lv = l * v;
                         }
-                        for (l, &v) in l.iter_mut().zip(v_cols) {
-                            *l = *l * v;
+                        r_out[r] = r_out[r] + sum_of(lv);
+                    }
+                } else {
+                    for &(c, _) in scales {
+                        for (k, &s) in k.iter_mut().zip(dist.iter()) {
+                            *k = *k + (s * c).exp_nonpositive();
                         }
-                        r_out[r] = r_out[r] + sum_of(l);
-                        let acc = &mut w_out[r * d..(r + 1) * d];
-                        accumulate_points(acc, l, &cols.points[c0 * d..(c0 + w) * d]);
                     }
                 }
                 for (k, &v) in k.iter_mut().zip(v_cols) {
                     *k = *k * v;
                 }
                 form += u[r0 + r].get() * sum_of(k).get();
+            }
+            if let Some((_, w_out)) = kept.as_mut() {
+                // w_i += sum_j L_ij v_j q_j for every row of the tile at once.
+                accumulate_points(
+                    w_out,
+                    (&lv[..count * w], count, w),
+                    (cols, c0),
+                    &mut scratch,
+                );
             }
             c0 += w;
         }
@@ -665,7 +816,7 @@ impl<F: HostFloat> pulp::WithSimd for KernelTile<'_, F> {
 /// `MMD2(alpha, beta)` on the tiled path (see `crate::host::mmd::mmd2_on_host`, which it
 /// matches without storing a kernel matrix): the three kernel blocks swept in tiles, in the
 /// pooled centring, and the gradient `dT/dp_i = -u_i (p_i r_i - w_i)` assembled per point; the
-/// cross block is swept a second time, rows and columns exchanged, when `y` needs a gradient.
+/// cross block's sweep also sums its columns when `y` needs a gradient (no second sweep).
 /// The weights must carry no gradient.
 pub(crate) fn mmd2_tiled<F: HostFloat>(
     (x, y): (&Tensor<2>, &Tensor<2>),
@@ -688,9 +839,10 @@ pub(crate) fn mmd2_tiled<F: HostFloat>(
         host_vec::<F, 1>(a.clone().inner()),
         host_vec::<F, 1>(b.clone().inner()),
     );
-    let kxx = kernel_tiled(&xc, &xc, (&a_h, &a_h), bandwidths, gx);
-    let kyy = kernel_tiled(&yc, &yc, (&b_h, &b_h), bandwidths, gy);
-    let kxy = kernel_tiled(&xc, &yc, (&a_h, &b_h), bandwidths, gx);
+    let kxx = kernel_tiled(&xc, &xc, (&a_h, &a_h), bandwidths, (gx, false));
+    let kyy = kernel_tiled(&yc, &yc, (&b_h, &b_h), bandwidths, (gy, false));
+    // The cross block once: its row sums for the gradient of x, its column sums for y's.
+    let mut kxy = kernel_tiled(&xc, &yc, (&a_h, &b_h), bandwidths, (gx, gy));
     let (value, [scale_a, scale_b]) =
         super::mmd2_from_forms([kxx.form, kyy.form, kxy.form], (&a_h, &b_h), unbiased);
     let value_t =
@@ -714,7 +866,14 @@ pub(crate) fn mmd2_tiled<F: HostFloat>(
     };
     let grad_x = gx.then(|| gradient(&xc, &a_h, &kxx, &kxy, scale_a));
     let grad_y = gy.then(|| {
-        let kyx = kernel_tiled(&yc, &xc, (&b_h, &a_h), bandwidths, true);
+        // (None only for points of dimension 0, whose gradient is empty.)
+        let cols = kxy.cols.take().unwrap_or_else(|| ColumnSums::zeros(m, d));
+        let kyx = KernelSums {
+            form: kxy.form,
+            r: cols.r,
+            w: cols.w,
+            cols: None,
+        };
         gradient(&yc, &b_h, &kyy, &kyx, scale_b)
     });
     with_gradients(value_t, [(x, grad_x), (y, grad_y)])
