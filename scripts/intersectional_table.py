@@ -11,21 +11,9 @@ the seeds found: `mean ± half-width` of the 95% Student-t interval of TASK's (d
 comma-separated, default `sex,race`) on SPLIT (`valid` or `test`).
 """
 import json
-import math
 import sys
 
-# Two-sided 95% Student-t quantiles, by degrees of freedom.
-T975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 6: 2.4469, 7: 2.3646, 8: 2.3060, 9: 2.2622}
-
-
-def interval(values):
-    n = len(values)
-    mean = sum(values) / n
-    if n == 1:
-        return f"{mean:.3f}"
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return f"{mean:.3f} ± {T975[n - 1] * sd / math.sqrt(n):.3f}"
-
+from intervals import interval
 
 def main():
     sweep, split = sys.argv[1], sys.argv[2]

@@ -14,20 +14,7 @@ import math
 import statistics
 import sys
 
-# t_{0.975, df} for df = 1..30.
-T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-        2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
-
-
-def interval(values):
-    m = statistics.fmean(values)
-    if len(values) < 2:
-        return f"{m:.4f}"
-    t = T975[min(len(values) - 1, len(T975)) - 1]
-    h = t * statistics.stdev(values) / math.sqrt(len(values))
-    return f"{m:.4f} ± {h:.4f}"
-
+from intervals import interval
 
 def main(paths):
     reports = [json.load(open(p)) for p in paths]
@@ -68,19 +55,19 @@ def main(paths):
     print("|---|---|---|---|")
     for alpha, name in ((0.0, "base (alpha = 0)"), (1.0, "post-processed (alpha = 1)")):
         if alpha in alphas:
-            print(f"| {name} | {interval(col(alpha, 'mse'))} | {interval(col(alpha, 'ks'))} | "
-                  f"{interval(col(alpha, 'w1'))} |")
+            print(f"| {name} | {interval(col(alpha, 'mse'), 4)} | {interval(col(alpha, 'ks'), 4)} | "
+                  f"{interval(col(alpha, 'w1'), 4)} |")
     if 0.0 in alphas and 1.0 in alphas:
         dm = [b - a for a, b in zip(col(0.0, "mse"), col(1.0, "mse"))]
-        print(f"| MSE cost (1 minus 0) | {interval(dm)} | | |")
+        print(f"| MSE cost (1 minus 0) | {interval(dm, 4)} | | |")
         below = sum(1 for k in col(1.0, "ks") if k < 0.1)
         print(f"\nKS < 0.1 at alpha = 1 in {below} of {n} reports; "
               f"KS > 0.4 at alpha = 0 in {sum(1 for k in col(0.0, 'ks') if k > 0.4)} of {n}.")
     print("\n| alpha | test MSE | test KS | test W1 |")
     print("|---|---|---|---|")
     for a in alphas:
-        print(f"| {a:g} | {interval(col(a, 'mse'))} | {interval(col(a, 'ks'))} | "
-              f"{interval(col(a, 'w1'))} |")
+        print(f"| {a:g} | {interval(col(a, 'mse'), 4)} | {interval(col(a, 'ks'), 4)} | "
+              f"{interval(col(a, 'w1'), 4)} |")
 
 
 if __name__ == "__main__":
