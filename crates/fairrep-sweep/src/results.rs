@@ -264,6 +264,8 @@ pub fn read_sweep_record(dir: &Path) -> Result<SweepRecord, SweepError> {
 /// Creates the sweep directory and its `sweep.json`, or checks that the one there is this
 /// sweep's. The record is created exclusively (written aside, then hard-linked into place),
 /// so of two different sweeps started together on one directory, one is refused.
+/// When the sweep is the same but its `[select]` rules were edited, the record takes the new
+/// rules (they choose among the results; they do not change any run).
 pub fn init_sweep_dir(plan: &SweepPlan) -> Result<(), SweepError> {
     let dir = &plan.out_dir;
     fsutil::create_dir_all(&dir.join("runs"))?;
@@ -296,6 +298,12 @@ pub fn init_sweep_dir(plan: &SweepPlan) -> Result<(), SweepError> {
             found: found.sweep_id,
             expected: plan.sweep_id.clone(),
         });
+    }
+    if found.select != record.select {
+        // The same runs with edited `[select]` rules: the record follows the sweep file, so
+        // `collect` (here or later, on its own) reports with the rules the user now has.
+        let text = serde_json::to_string_pretty(&record).expect("records serialise");
+        fsutil::write_atomic(&path, format!("{text}\n").as_bytes())?;
     }
     Ok(())
 }

@@ -198,6 +198,34 @@ fn a_directory_holds_one_sweep() {
     assert!(e.to_string().contains("already holds another sweep"), "{e}");
 }
 
+#[test]
+fn edited_select_rules_replace_the_recorded_ones() {
+    let dir = scratch("select-edit");
+    let out = dir.join("out");
+    let axes = "[axes]\n\"penalty.lambda\" = [0.0, 1.0]\n";
+    let a = SweepPlan::load(&sweep_file(&dir, axes), Some(&out)).unwrap();
+    init_sweep_dir(&a).unwrap();
+    assert_eq!(collect(&out).unwrap().record.select, a.select);
+    let b = SweepPlan::load(
+        &sweep_file(
+            &dir,
+            &format!("{axes}[select]\ndp_max = [0.03]\naccuracy_delta = 0.02\n"),
+        ),
+        Some(&out),
+    )
+    .unwrap();
+    assert_eq!(
+        a.sweep_id, b.sweep_id,
+        "select rules do not change the runs"
+    );
+    assert_ne!(a.select, b.select);
+    init_sweep_dir(&b).unwrap();
+    let record = collect(&out).unwrap().record;
+    assert_eq!(record.select, b.select);
+    assert_eq!(record.select.dp_max, vec![0.03]);
+    assert_eq!(record.runs.len(), 2);
+}
+
 fn row(id: &str, config: &str, seed: u64, lambda: f64, acc: f64, dp: f64) -> Row {
     let mut metrics = BTreeMap::new();
     for split in ["valid", "test"] {
