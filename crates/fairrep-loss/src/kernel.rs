@@ -2,7 +2,7 @@
 //! Gaussian kernels"): resolving the bandwidths, and the U-statistic's correction of a self
 //! term.
 use burn::tensor::Tensor;
-use fairrep_metrics::median::{MedianError, median_pairwise_distance};
+use fairrep_metrics::median::{MedianDistance, MedianError, median_pairwise_distance};
 
 use crate::config::{BANDWIDTH_RANGE, Bandwidth, LossError, MmdConfig};
 
@@ -43,14 +43,20 @@ pub fn median_heuristic(x: &Tensor<2>, y: &Tensor<2>) -> Result<f64, LossError> 
         .into_data()
         .try_to_vec_as::<f64>()
         .expect("float tensor data");
-    match median_pairwise_distance(&values, d) {
-        Ok(m) => Ok(m.value),
-        Err(MedianError::AllIdentical | MedianError::TooFewPoints(_)) => Ok(1.0),
-        Err(MedianError::NonFinite) => Err(LossError::NonFinite {
-            dtype: "float64".into(),
-            magnitude: values.iter().fold(0.0f64, |m, v| m.max(v.abs())),
-            hint: "",
-        }),
+    median_bandwidth(median_pairwise_distance(&values, d)).ok_or_else(|| LossError::NonFinite {
+        dtype: "float64".into(),
+        magnitude: values.iter().fold(0.0f64, |m, v| m.max(v.abs())),
+        hint: "",
+    })
+}
+
+/// The bandwidth the median heuristic takes from a median pairwise distance: the median, or 1
+/// where the points have no pair at a positive distance; `None` for non-finite points.
+pub(crate) fn median_bandwidth(median: Result<MedianDistance, MedianError>) -> Option<f64> {
+    match median {
+        Ok(m) => Some(m.value),
+        Err(MedianError::AllIdentical | MedianError::TooFewPoints(_)) => Some(1.0),
+        Err(MedianError::NonFinite) => None,
     }
 }
 

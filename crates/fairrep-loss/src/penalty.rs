@@ -2,9 +2,10 @@
 //! (docs/MATH.md, "Setting").
 use burn::tensor::{Int, Tensor};
 
-use fairrep_metrics::median::{MedianError, PointSet};
+use fairrep_metrics::median::PointSet;
 
 use crate::config::{BANDWIDTH_RANGE, Bandwidth, LossError, MmdConfig, SinkhornConfig};
+use crate::kernel::median_bandwidth;
 use crate::mmd::mmd2;
 use crate::sinkhorn::sinkhorn_divergence;
 
@@ -153,17 +154,16 @@ pub fn fairness_penalty(
 
 /// `config` with the median heuristic of the pooled sample `z_g` then `z` (`rows` of `z` then
 /// all of them) as a fixed bandwidth: the value `mmd2(z_g, z, ..)` would compute itself
-/// (`crate::kernel::median_heuristic`). A median that is not finite or not in range is left
-/// to `mmd2`, which reports it.
+/// (`crate::kernel::median_heuristic`, through the same [`median_bandwidth`]). A median that
+/// is not finite or not in range is left to `mmd2`, which reports it.
 fn pooled_median(set: &PointSet, rows: &[i64], config: &MmdConfig) -> MmdConfig {
     let pooled: Vec<usize> = rows
         .iter()
         .map(|&i| i as usize)
         .chain(0..set.len())
         .collect();
-    let median = match set.median_of_rows(&pooled) {
-        Ok(m) if BANDWIDTH_RANGE.contains(&m.value) => m.value,
-        Err(MedianError::AllIdentical | MedianError::TooFewPoints(_)) => 1.0,
+    let median = match median_bandwidth(set.median_of_rows(&pooled)) {
+        Some(m) if BANDWIDTH_RANGE.contains(&m) => m,
         _ => return config.clone(),
     };
     MmdConfig {
