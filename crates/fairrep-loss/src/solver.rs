@@ -2,7 +2,8 @@
 //! "Entropic OT and the debiased Sinkhorn divergence"): the eps schedule
 //! ([`epsilon_schedule`]), the loop over the four dual potentials ([`solve_with`]) on any
 //! implementation of its operations ([`SolverOps`]: tensor ops, the fused kernels, host
-//! vectors), the step-size state machine of the cross potentials ([`Momentum`]), and the last,
+//! vectors), the Anderson acceleration of the cross potentials at the target eps
+//! ([`Anderson`]) and the step-size state machine it hands over to ([`Momentum`]), and the last,
 //! differentiable softmin step from the converged potentials ([`final_value`]) shared by the
 //! tensor-op and fused paths.
 use burn::tensor::Tensor;
@@ -126,6 +127,11 @@ pub(crate) trait SolverOps {
     /// one marginal of the plan defined by the potentials, where `new` is the softmin update
     /// of `old` from its partner. Read on the host, all in one go.
     fn marginal_errors(&self, eps: f64, terms: &[MarginalTerm<'_, Self::Vector>]) -> Vec<f64>;
+    /// `sum_k c_k v_k` over the `(c_k, v_k)` of `terms` (at least one, all of one length).
+    fn combine(&self, terms: &[(f64, &Self::Vector)]) -> Self::Vector;
+    /// `sum_i w_i u_i v_i` for each `(u, v)` of `pairs`, read on the host all in one go.
+    fn weighted_dots(&self, w: &Self::Vector, pairs: &[(&Self::Vector, &Self::Vector)])
+    -> Vec<f64>;
 }
 
 /// `(weights, old potential, its update)`, see [`SolverOps::marginal_errors`].
@@ -174,6 +180,25 @@ impl<T: SoftminOp> SolverOps for T {
             .collect();
         host_values(Tensor::cat(parts, 0))
     }
+
+    fn combine(&self, terms: &[(f64, &Tensor<1>)]) -> Tensor<1> {
+        terms
+            .iter()
+            .map(|&(c, v)| v.clone().mul_scalar(c))
+            .reduce(|s, v| s + v)
+            .expect("at least one term")
+    }
+
+    fn weighted_dots(&self, w: &Tensor<1>, pairs: &[(&Tensor<1>, &Tensor<1>)]) -> Vec<f64> {
+        if pairs.is_empty() {
+            return Vec::new();
+        }
+        let parts = pairs
+            .iter()
+            .map(|&(u, v)| (u.clone() * v.clone() * w.clone()).sum())
+            .collect();
+        host_values(Tensor::cat(parts, 0))
+    }
 }
 
 /// Result of `crate::sinkhorn_divergence`.
@@ -217,6 +242,8 @@ pub(crate) struct Problem {
     pub a: Tensor<1>,
     pub b: Tensor<1>,
     pub diameter: f64,
+    /// The diameter the eps schedule starts from ([`Problem::schedule_diameter`]).
+    pub reach: f64,
     pub same: bool,
 }
 
@@ -234,6 +261,7 @@ impl Problem {
         let diameter = checked_diameter(&x, &y)?;
         Ok(Self {
             diameter,
+            reach: radius_sum(&x, &y).min(diameter),
             same: same_measure(&x, &y, &a, &b),
             x,
             y,
@@ -257,8 +285,18 @@ impl Problem {
             a: cast1(&self.a),
             b: cast1(&self.b),
             diameter: self.diameter,
+            reach: self.reach,
             same: self.same,
         }
+    }
+
+    /// The diameter of the eps schedule: an upper bound of the largest distance `|x_i - y_j|`
+    /// between the two clouds, the smaller of the pooled bounding box's diagonal and the sum of
+    /// the clouds' largest distances to their pooled mean (the triangle inequality through that
+    /// mean), so that `eps_0 = diameter^2 / 2` is at least the largest cost of the cross
+    /// problem (MATH.md: the schedule may start at `max C`).
+    pub(crate) fn schedule_diameter(&self) -> f64 {
+        self.reach
     }
 
     /// Whether float32 potentials would lose the value: each potential is computed as
@@ -271,6 +309,19 @@ impl Problem {
         let rounding = eps * (points.ln() + 1.0) * f64::from(f32::EPSILON) / 2.0;
         rounding > 1e-6 * (0.5 * self.diameter * self.diameter)
     }
+}
+
+/// `max_i |x_i - c| + max_j |y_j - c|` with `c` the mean of the pooled points: an upper bound
+/// of every distance `|x_i - y_j|` (triangle inequality through `c`). Not finite when the
+/// squares overflow the dtype (the caller keeps the bounding box's diagonal then).
+fn radius_sum(x: &Tensor<2>, y: &Tensor<2>) -> f64 {
+    let centre = Tensor::cat(vec![x.clone(), y.clone()], 0).mean_dim(0);
+    let radius = |p: &Tensor<2>| -> f64 {
+        let sq = (p.clone() - centre.clone()).square().sum_dim(1).max();
+        sq.into_scalar::<f64>().sqrt()
+    };
+    let sum = radius(x) + radius(y);
+    if sum.is_finite() { sum } else { f64::INFINITY }
 }
 
 /// `w / sum(w)`: the measures of the divergence have mass 1 (MATH.md).
@@ -291,15 +342,21 @@ pub(crate) fn same_measure(x: &Tensor<2>, y: &Tensor<2>, a: &Tensor<1>, b: &Tens
 
 /// The solver loop over any implementation of the four softmins (the tensor-op cost matrices,
 /// the fused kernel on wgpu, host vectors on the CPU): eps-scaling descent, then iterations at
-/// the target eps until the marginal error is below the tolerance (checked every
-/// `check_every` iterations) or `max_iters` is reached. `config` must be valid
-/// ([`SinkhornConfig::validate`]).
+/// the target eps until the marginal error is below the tolerance or `max_iters` is reached.
+/// `config` must be valid ([`SinkhornConfig::validate`]).
 ///
-/// During the descent each step updates the two cross potentials in parallel and averages
-/// each with its previous value (`new = (old + update) / 2`, GeomLoss `sinkhorn_loop` with
-/// symmetric updates). The self potentials start at the target eps (see the loop): their
-/// averaged symmetric steps converge in a few iterations there, so the descent does not carry
-/// them (two of its four softmins per eps saved).
+/// The descent takes one softmin per eps, alternately of the two cross potentials
+/// (`f <- T(g)` at one eps, `g <- T(f)` at the next). The self potentials start at the target
+/// eps (see the loop): their averaged symmetric steps converge in a few iterations there, so
+/// the descent does not carry them.
+///
+/// At the target eps the cross potentials are iterated by Anderson acceleration of the
+/// alternating Sinkhorn map (see [`Anderson`]), whose every evaluation also gives the marginal
+/// error of the current potentials, checked at every iteration. When its safeguard has
+/// rejected [`ANDERSON_MAX_REJECTIONS`] steps, or after [`ANDERSON_STALL`] iterations without
+/// a smaller cross error, the loop restarts the cross potentials from the end of the descent
+/// with the plain, over-relaxed or averaged steps of [`Momentum`], checked every `check_every`
+/// iterations.
 ///
 /// With `same` (see [`same_measure`]) the cross potentials are taken equal to the symmetric
 /// ones at the target eps instead of being iterated: the exact solution of that problem, which
@@ -314,6 +371,19 @@ pub(crate) fn solve_with<O: SolverOps>(
     same: bool,
     config: &SinkhornConfig,
 ) -> Result<SolveOutput<O::Vector>, LossError> {
+    solve_with_acceleration(op, diameter, (a, b), same, config, true)
+}
+
+/// [`solve_with`], with Anderson acceleration at the target eps or (`accelerate = false`,
+/// for the tests) the steps of [`Momentum`] from the start.
+pub(crate) fn solve_with_acceleration<O: SolverOps>(
+    op: &mut O,
+    diameter: f64,
+    (a, b): (&O::Vector, &O::Vector),
+    same: bool,
+    config: &SinkhornConfig,
+    accelerate: bool,
+) -> Result<SolveOutput<O::Vector>, LossError> {
     let op = &mut Counted {
         op,
         softmins: std::cell::Cell::new(0),
@@ -321,33 +391,25 @@ pub(crate) fn solve_with<O: SolverOps>(
     let (a_log, b_log) = (op.log_weights(a), op.log_weights(b));
     let schedule = epsilon_schedule(diameter, config.eps, config.scaling)?;
 
-    // Initialisation at the first (largest) eps: the cross potentials against the weights
-    // alone. The self potentials are not carried through the descent (see below).
+    // eps-scaling descent: one softmin per eps, alternately `f <- T(g)` and `g <- T(f)` (each
+    // eps moves one potential, the other one follows at the next eps). It starts from `g`
+    // against the weights alone at the first (largest) eps. The self potentials are not
+    // carried through the descent (see below).
     let eps0 = schedule[0];
     op.prepare(eps0);
-    let mut f_ba = op.softmin(eps0, Pair::XY, &b_log, None);
     let mut g_ab = op.softmin(eps0, Pair::YX, &a_log, None);
-
+    let mut f_ba = None;
     let mut n_iters = 0;
-    // eps-scaling descent: one averaged update of the cross potentials per eps.
     let (last_eps, descent) = schedule.split_last().expect("non-empty schedule");
-    for &eps in descent {
+    for (k, &eps) in descent.iter().enumerate() {
         op.prepare(eps);
-        let t_f = op.softmin(eps, Pair::XY, &b_log, Some(&g_ab));
-        let t_g = op.softmin(eps, Pair::YX, &a_log, Some(&f_ba));
-        f_ba = op.relax(&f_ba, t_f, 0.5);
-        g_ab = op.relax(&g_ab, t_g, 0.5);
+        if k % 2 == 0 {
+            f_ba = Some(op.softmin(eps, Pair::XY, &b_log, Some(&g_ab)));
+        } else if let Some(f) = &f_ba {
+            g_ab = op.softmin(eps, Pair::YX, &a_log, Some(f));
+        }
         n_iters += 1;
     }
-
-    // Iterations at the target eps until the marginal error is small enough. The self
-    // potentials keep the averaged symmetric step. The cross potentials start with plain
-    // alternating steps `f <- T(g)`, `g <- T(f)`; when those are slow, they are over-relaxed:
-    // `f <- (1 - w) f + w T(g)` (over-relaxed Sinkhorn, Thibault et al. 2017; OTT-JAX
-    // `Momentum`), with the weight of `Momentum`, lowered when the error grows. Plain steps
-    // that stall (the 2-cycle of near-symmetric problems, identical clouds) are replaced by
-    // averaged steps, which damp it. All share the fixed point. The self potentials stop
-    // being updated once their error is far below the tolerance.
     let eps = *last_eps;
     op.prepare(eps);
     let op = &*op;
@@ -355,121 +417,397 @@ pub(crate) fn solve_with<O: SolverOps>(
     // symmetric averaged steps converge within a few iterations from there (the self plans
     // are close to the identity), so carrying them through the descent, two of its four
     // softmins per eps, bought nothing (docs/BENCHMARKS.md).
-    let mut p = Potentials {
-        f_ba,
-        g_ab,
-        f_aa: op.softmin(eps, Pair::XX, &a_log, None),
-        g_bb: op.softmin(eps, Pair::YY, &b_log, None),
+    let f_ba = match f_ba {
+        Some(f) => f,
+        None => op.softmin(eps, Pair::XY, &b_log, Some(&g_ab)),
     };
-    let check_every = config.check_every.max(1);
-    let max_iters = config.max_iters.max(1);
-    let mut marginal_error = f64::INFINITY;
-    let mut converged = false;
-    let mut momentum = Momentum::new(check_every);
-    // The cross softmins `T(g)` on the points of alpha and `T(f)` on those of beta.
-    let t_xy = |g: &O::Vector| op.softmin(eps, Pair::XY, &b_log, Some(g));
-    let t_yx = |f: &O::Vector| op.softmin(eps, Pair::YX, &a_log, Some(f));
-    // The self errors once the self potentials are frozen (see SELF_FREEZE).
-    let mut frozen_self: Option<[f64; 2]> = None;
-    // The cross softmins `T(g_ab)`, `T(f_ba)` of the last marginal check, taken from the
-    // potentials the next step starts from: that step's own softmins, reused instead of
-    // recomputed (one full pass saved per check with alternating steps, two with averaged).
-    let mut checked: Option<(O::Vector, O::Vector)> = None;
-    for it in 1..=max_iters {
-        // The symmetric updates of the self potentials, until they are frozen.
-        let fresh = frozen_self.is_none().then(|| {
-            (
-                op.softmin(eps, Pair::XX, &a_log, Some(&p.f_aa)),
-                op.softmin(eps, Pair::YY, &b_log, Some(&p.g_bb)),
-            )
-        });
-        let (f_ba, g_ab) = match (&fresh, momentum.step) {
-            (Some((f_aa, _)), _) if same => {
-                let f = op.relax(&p.f_aa, f_aa.clone(), 0.5);
-                (f.clone(), f)
-            }
-            (_, CrossStep::Averaged) => {
-                let (t_f, t_g) = checked
-                    .take()
-                    .unwrap_or_else(|| (t_xy(&p.g_ab), t_yx(&p.f_ba)));
-                (op.relax(&p.f_ba, t_f, 0.5), op.relax(&p.g_ab, t_g, 0.5))
-            }
-            (_, CrossStep::Alternating(w)) => {
-                let t_f = match checked.take() {
-                    Some((t_f, _)) => t_f,
-                    None => t_xy(&p.g_ab),
-                };
-                let f_ba = op.relax(&p.f_ba, t_f, w);
-                let g_ab = op.relax(&p.g_ab, t_yx(&f_ba), w);
-                (f_ba, g_ab)
-            }
-        };
-        n_iters += 1;
-        let check = it % check_every == 0 || it == max_iters;
-        let old = p;
-        p = Potentials {
+    let mut state = TargetState {
+        p: Potentials {
             f_ba,
             g_ab,
-            f_aa: match &fresh {
-                Some((f_aa, _)) => op.relax(&old.f_aa, f_aa.clone(), 0.5),
-                None => old.f_aa.clone(),
-            },
-            g_bb: match &fresh {
-                Some((_, g_bb)) => op.relax(&old.g_bb, g_bb.clone(), 0.5),
-                None => old.g_bb.clone(),
-            },
-        };
-        if check {
-            // Both marginals of the cross plan defined by (f_ba, g_ab), and those of the self
-            // plans (symmetric: twice one marginal) of the potentials before this step. For one
-            // measure the cross plan is the self plan (its cost matrix only differs by the
-            // rounding of another centring): its error is the self error.
-            let cross_updates = (!same || fresh.is_none()).then(|| (t_xy(&p.g_ab), t_yx(&p.f_ba)));
-            let mut terms: Vec<MarginalTerm<'_, O::Vector>> = Vec::with_capacity(4);
-            if let Some((f_new, g_new)) = &cross_updates {
-                terms.push((a, &p.f_ba, f_new));
-                terms.push((b, &p.g_ab, g_new));
-            }
-            if let Some((f_aa, g_bb)) = &fresh {
-                terms.push((a, &old.f_aa, f_aa));
-                terms.push((b, &old.g_bb, g_bb));
-            }
-            let values = op.marginal_errors(eps, &terms);
-            let (cross, self_errors) = match (cross_updates.is_some(), fresh.is_some()) {
-                (true, true) => (values[0] + values[1], [2.0 * values[2], 2.0 * values[3]]),
-                (false, true) => (2.0 * values[0], [2.0 * values[0], 2.0 * values[1]]),
-                (true, false) => (
-                    values[0] + values[1],
-                    frozen_self.expect("self potentials frozen"),
-                ),
-                (false, false) => unreachable!("one measure keeps its self updates"),
-            };
-            let errors = [cross, self_errors[0], self_errors[1]];
-            marginal_error = errors.iter().fold(
-                0.0,
-                |m: f64, v| if v.is_nan() { f64::NAN } else { m.max(*v) },
-            );
-            if marginal_error < config.tolerance {
-                converged = true;
-                break;
-            }
-            if !same
-                && frozen_self.is_none()
-                && errors[1].max(errors[2]) < SELF_FREEZE * config.tolerance
-            {
-                frozen_self = Some([errors[1], errors[2]]);
-            }
-            momentum.observe(errors[0]);
-            checked = cross_updates;
+            f_aa: op.softmin(eps, Pair::XX, &a_log, None),
+            g_bb: op.softmin(eps, Pair::YY, &b_log, None),
+        },
+        iters: 0,
+        marginal_error: f64::INFINITY,
+        converged: false,
+        frozen_self: None,
+    };
+    let target = Target {
+        op,
+        eps,
+        weights: (a, b),
+        logs: (&a_log, &b_log),
+        same,
+        config,
+    };
+    if accelerate && !same {
+        // A hand-over restarts the relaxed steps from the potentials the acceleration started
+        // from (see `Target::anderson`).
+        let start = (state.p.f_ba.clone(), state.p.g_ab.clone());
+        target.anderson(&mut state);
+        if !state.converged {
+            (state.p.f_ba, state.p.g_ab) = start;
         }
     }
+    if !state.converged && state.iters < config.max_iters.max(1) {
+        target.relaxed(&mut state);
+    }
     Ok(SolveOutput {
-        potentials: p,
-        n_iters,
-        marginal_error,
-        converged,
+        potentials: state.p,
+        n_iters: n_iters + state.iters,
+        marginal_error: state.marginal_error,
+        converged: state.converged,
         n_softmins: op.softmins.get(),
     })
+}
+
+/// The iterations at the target eps: the operations, the weights and their logarithms.
+struct Target<'a, O: SolverOps> {
+    op: &'a O,
+    eps: f64,
+    weights: (&'a O::Vector, &'a O::Vector),
+    logs: (&'a O::Vector, &'a O::Vector),
+    same: bool,
+    config: &'a SinkhornConfig,
+}
+
+/// Where the iterations at the target eps stand.
+struct TargetState<V> {
+    p: Potentials<V>,
+    /// Iterations at the target eps so far.
+    iters: usize,
+    marginal_error: f64,
+    converged: bool,
+    /// The self errors once the self potentials are frozen (see [`SELF_FREEZE`]).
+    frozen_self: Option<[f64; 2]>,
+}
+
+/// The largest of the errors, NaN if any is.
+fn largest(errors: &[f64]) -> f64 {
+    errors.iter().fold(
+        0.0,
+        |m: f64, v| if v.is_nan() { f64::NAN } else { m.max(*v) },
+    )
+}
+
+impl<O: SolverOps> Target<'_, O> {
+    /// `T(g)` on the points of alpha.
+    fn t_xy(&self, g: &O::Vector) -> O::Vector {
+        self.op.softmin(self.eps, Pair::XY, self.logs.1, Some(g))
+    }
+
+    /// `T(f)` on the points of beta.
+    fn t_yx(&self, f: &O::Vector) -> O::Vector {
+        self.op.softmin(self.eps, Pair::YX, self.logs.0, Some(f))
+    }
+
+    /// The symmetric updates of the self potentials, until they are frozen.
+    fn self_updates(&self, s: &TargetState<O::Vector>) -> Option<(O::Vector, O::Vector)> {
+        s.frozen_self.is_none().then(|| {
+            (
+                self.op
+                    .softmin(self.eps, Pair::XX, self.logs.0, Some(&s.p.f_aa)),
+                self.op
+                    .softmin(self.eps, Pair::YY, self.logs.1, Some(&s.p.g_bb)),
+            )
+        })
+    }
+
+    /// Freezes the self potentials once both their errors are far below the tolerance.
+    fn maybe_freeze(&self, s: &mut TargetState<O::Vector>, self_errors: [f64; 2]) {
+        if !self.same
+            && s.frozen_self.is_none()
+            && self_errors[0].max(self_errors[1]) < SELF_FREEZE * self.config.tolerance
+        {
+            s.frozen_self = Some(self_errors);
+        }
+    }
+
+    /// Anderson-accelerated iterations of the cross potentials (see [`Anderson`]), with the
+    /// averaged symmetric steps of the self potentials until they are frozen. Each iteration
+    /// evaluates the alternating map at the current `g`: `f = T(g)`, then `T(f)`; the plan of
+    /// `(f, g)` has its `alpha` marginal exact, and the error of its `beta` marginal compares
+    /// `g` with `T(f)`, so every iteration is checked at no extra pass. Returns when converged,
+    /// at `max_iters`, once the safeguard has rejected [`ANDERSON_MAX_REJECTIONS`] steps, or
+    /// after [`ANDERSON_STALL`] iterations without a smaller cross error. The caller then
+    /// restarts the cross potentials from where this phase started: the constant `c` of
+    /// `(f + c, g - c)` changes no residual, so the fit leaves it free and may move the
+    /// potentials far, where float32 rounds them more coarsely than the relaxed steps' tolerance
+    /// allows.
+    fn anderson(&self, s: &mut TargetState<O::Vector>) {
+        let (op, (a, b)) = (self.op, self.weights);
+        let max_iters = self.config.max_iters.max(1);
+        let mut anderson = Anderson::new();
+        // The cross error of the last accepted iterate, and the plain step from it, taken when
+        // the extrapolated iterate that followed is rejected.
+        let mut accepted = f64::INFINITY;
+        let mut fallback: Option<O::Vector> = None;
+        let mut rejections = 0;
+        // The smallest cross error so far, and the iterations since it was reached.
+        let (mut best, mut since_best) = (f64::INFINITY, 0);
+        while s.iters < max_iters {
+            s.iters += 1;
+            let fresh = self.self_updates(s);
+            let f = self.t_xy(&s.p.g_ab);
+            let t_g = self.t_yx(&f);
+            let mut terms: Vec<MarginalTerm<'_, O::Vector>> = vec![(b, &s.p.g_ab, &t_g)];
+            if let Some((f_aa, g_bb)) = &fresh {
+                terms.push((a, &s.p.f_aa, f_aa));
+                terms.push((b, &s.p.g_bb, g_bb));
+            }
+            let values = op.marginal_errors(self.eps, &terms);
+            let self_errors = match (&fresh, s.frozen_self) {
+                (Some(_), _) => [2.0 * values[1], 2.0 * values[2]],
+                (None, Some(frozen)) => frozen,
+                (None, None) => unreachable!("self potentials updated or frozen"),
+            };
+            let cross = values[0];
+            if let Some((f_aa, g_bb)) = fresh {
+                s.p.f_aa = op.relax(&s.p.f_aa, f_aa, 0.5);
+                s.p.g_bb = op.relax(&s.p.g_bb, g_bb, 0.5);
+            }
+            s.p.f_ba = f;
+            s.marginal_error = largest(&[cross, self_errors[0], self_errors[1]]);
+            if s.marginal_error < self.config.tolerance {
+                s.converged = true;
+                return;
+            }
+            self.maybe_freeze(s, self_errors);
+            // A stall (no smaller cross error for a while: the precision floor of float32
+            // potentials, or the slow 2-cycle of near-symmetric problems, which the plain map
+            // keeps and the relaxed steps' averaged ones damp) hands over to the relaxed steps.
+            if cross < best {
+                (best, since_best) = (cross, 0);
+            } else {
+                since_best += 1;
+                if since_best >= ANDERSON_STALL {
+                    return;
+                }
+            }
+            // Safeguard: an extrapolated iterate whose cross error did not decrease (or is not
+            // a number) is dropped for the plain step from the last accepted one, and the
+            // history is cleared.
+            let improved = cross.partial_cmp(&accepted) == Some(std::cmp::Ordering::Less);
+            if let Some(plain) = fallback.take()
+                && !improved
+            {
+                rejections += 1;
+                anderson.clear();
+                s.p.g_ab = plain;
+                if rejections >= ANDERSON_MAX_REJECTIONS {
+                    return;
+                }
+                continue;
+            }
+            accepted = cross;
+            let residual = op.combine(&[(1.0, &t_g), (-1.0, &s.p.g_ab)]);
+            anderson.push(t_g, residual);
+            match anderson.extrapolate(op, b) {
+                Some(next) => {
+                    fallback = Some(anderson.latest().clone());
+                    s.p.g_ab = next;
+                }
+                None => s.p.g_ab = anderson.latest().clone(),
+            }
+        }
+    }
+
+    /// Iterations with the steps of [`Momentum`], from where `s` stands, until converged or
+    /// `max_iters`. The self potentials keep the averaged symmetric step. The cross
+    /// potentials start with plain alternating steps `f <- T(g)`, `g <- T(f)`; when those are
+    /// slow, they are over-relaxed: `f <- (1 - w) f + w T(g)` (over-relaxed Sinkhorn, Thibault
+    /// et al. 2017; OTT-JAX `Momentum`), with the weight of `Momentum`, lowered when the error
+    /// grows. Plain steps that stall (the 2-cycle of near-symmetric problems, identical
+    /// clouds) are replaced by averaged steps, which damp it. All share the fixed point. The
+    /// self potentials stop being updated once their error is far below the tolerance.
+    fn relaxed(&self, s: &mut TargetState<O::Vector>) {
+        let (op, (a, b), same) = (self.op, self.weights, self.same);
+        let check_every = self.config.check_every.max(1);
+        let max_iters = self.config.max_iters.max(1);
+        let mut momentum = Momentum::new(check_every);
+        // The cross softmins `T(g_ab)`, `T(f_ba)` of the last marginal check, taken from the
+        // potentials the next step starts from: that step's own softmins, reused instead of
+        // recomputed (one full pass saved per check with alternating steps, two with averaged).
+        let mut checked: Option<(O::Vector, O::Vector)> = None;
+        let start = s.iters;
+        for it in start + 1..=max_iters {
+            let fresh = self.self_updates(s);
+            let p = &s.p;
+            let (f_ba, g_ab) = match (&fresh, momentum.step) {
+                (Some((f_aa, _)), _) if same => {
+                    let f = op.relax(&p.f_aa, f_aa.clone(), 0.5);
+                    (f.clone(), f)
+                }
+                (_, CrossStep::Averaged) => {
+                    let (t_f, t_g) = checked
+                        .take()
+                        .unwrap_or_else(|| (self.t_xy(&p.g_ab), self.t_yx(&p.f_ba)));
+                    (op.relax(&p.f_ba, t_f, 0.5), op.relax(&p.g_ab, t_g, 0.5))
+                }
+                (_, CrossStep::Alternating(w)) => {
+                    let t_f = match checked.take() {
+                        Some((t_f, _)) => t_f,
+                        None => self.t_xy(&p.g_ab),
+                    };
+                    let f_ba = op.relax(&p.f_ba, t_f, w);
+                    let g_ab = op.relax(&p.g_ab, self.t_yx(&f_ba), w);
+                    (f_ba, g_ab)
+                }
+            };
+            let next = Potentials {
+                f_aa: match &fresh {
+                    Some((f_aa, _)) => op.relax(&p.f_aa, f_aa.clone(), 0.5),
+                    None => p.f_aa.clone(),
+                },
+                g_bb: match &fresh {
+                    Some((_, g_bb)) => op.relax(&p.g_bb, g_bb.clone(), 0.5),
+                    None => p.g_bb.clone(),
+                },
+                f_ba,
+                g_ab,
+            };
+            s.iters += 1;
+            let check = (it - start) % check_every == 0 || it == max_iters;
+            let old = std::mem::replace(&mut s.p, next);
+            if check {
+                let p = &s.p;
+                // Both marginals of the cross plan defined by (f_ba, g_ab), and those of the
+                // self plans (symmetric: twice one marginal) of the potentials before this
+                // step. For one measure the cross plan is the self plan (its cost matrix only
+                // differs by the rounding of another centring): its error is the self error.
+                let cross_updates =
+                    (!same || fresh.is_none()).then(|| (self.t_xy(&p.g_ab), self.t_yx(&p.f_ba)));
+                let mut terms: Vec<MarginalTerm<'_, O::Vector>> = Vec::with_capacity(4);
+                if let Some((f_new, g_new)) = &cross_updates {
+                    terms.push((a, &p.f_ba, f_new));
+                    terms.push((b, &p.g_ab, g_new));
+                }
+                if let Some((f_aa, g_bb)) = &fresh {
+                    terms.push((a, &old.f_aa, f_aa));
+                    terms.push((b, &old.g_bb, g_bb));
+                }
+                let values = op.marginal_errors(self.eps, &terms);
+                let (cross, self_errors) = match (cross_updates.is_some(), fresh.is_some()) {
+                    (true, true) => (values[0] + values[1], [2.0 * values[2], 2.0 * values[3]]),
+                    (false, true) => (2.0 * values[0], [2.0 * values[0], 2.0 * values[1]]),
+                    (true, false) => (
+                        values[0] + values[1],
+                        s.frozen_self.expect("self potentials frozen"),
+                    ),
+                    (false, false) => unreachable!("one measure keeps its self updates"),
+                };
+                s.marginal_error = largest(&[cross, self_errors[0], self_errors[1]]);
+                if s.marginal_error < self.config.tolerance {
+                    s.converged = true;
+                    return;
+                }
+                self.maybe_freeze(s, self_errors);
+                momentum.observe(cross);
+                checked = cross_updates;
+            }
+        }
+    }
+}
+
+/// Anderson acceleration (type II, Walker and Ni 2011) of the alternating Sinkhorn map
+/// `G(g) = T(T(g))` (`f = T(g)` on the points of alpha, then `T(f)` on those of beta) at the
+/// target eps. From the last `k + 1 <= ANDERSON_MEMORY + 1` evaluations `G_i = G(g_i)` with residuals
+/// `r_i = G_i - g_i`, the next iterate is `g = G_k - sum_i gamma_i (G_(i+1) - G_i)`, where
+/// `gamma` minimises `|r_k - sum_i gamma_i (r_(i+1) - r_i)|^2` in the norm weighted by `b`,
+/// regularised: `(D'D + lambda tr(D'D) I) gamma = D' r_k` with `lambda = ANDERSON_REGULARISATION`.
+/// The fixed point is the plain map's; only the path to it changes.
+///
+/// Sinkhorn's marginal error at a small eps decays ever more slowly under the plain map (its
+/// per-iteration rate tends to 0.99 on the benchmark's problem), the slow modes of a nearly
+/// linear map, which the extrapolation from a few residuals removes as GMRES would for a linear
+/// one (docs/BENCHMARKS.md).
+#[derive(Debug)]
+pub(crate) struct Anderson<V> {
+    /// `(G_i, r_i)`, oldest first.
+    history: std::collections::VecDeque<(V, V)>,
+}
+
+/// Differences kept by [`Anderson`]: at most `ANDERSON_MEMORY + 1` evaluations.
+const ANDERSON_MEMORY: usize = 5;
+/// Relative Tikhonov regularisation of [`Anderson`]'s least-squares problem.
+const ANDERSON_REGULARISATION: f64 = 1e-8;
+/// Rejected extrapolations after which the loop returns to the steps of [`Momentum`].
+const ANDERSON_MAX_REJECTIONS: usize = 3;
+/// Iterations without a smaller cross error after which the loop returns to the steps of
+/// [`Momentum`].
+const ANDERSON_STALL: usize = 10;
+
+impl<V> Anderson<V> {
+    fn new() -> Self {
+        Self {
+            history: std::collections::VecDeque::with_capacity(ANDERSON_MEMORY + 1),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.history.clear();
+    }
+
+    /// Adds the evaluation `G(g)` and its residual `G(g) - g`.
+    fn push(&mut self, value: V, residual: V) {
+        if self.history.len() == ANDERSON_MEMORY + 1 {
+            self.history.pop_front();
+        }
+        self.history.push_back((value, residual));
+    }
+
+    /// The last evaluation `G_k`.
+    fn latest(&self) -> &V {
+        &self.history.back().expect("an evaluation").0
+    }
+
+    /// The extrapolated iterate, or `None` with a single evaluation or when the least-squares
+    /// problem has no finite solution.
+    fn extrapolate<O: SolverOps<Vector = V>>(&self, op: &O, b: &V) -> Option<V> {
+        let k = self.history.len().checked_sub(1).filter(|&k| k > 0)?;
+        let diff = |i: usize, pick: fn(&(V, V)) -> &V| {
+            op.combine(&[
+                (1.0, pick(&self.history[i + 1])),
+                (-1.0, pick(&self.history[i])),
+            ])
+        };
+        let d_r: Vec<V> = (0..k).map(|i| diff(i, |e| &e.1)).collect();
+        let r_k = &self.history[k].1;
+        // The upper triangle of D'D, then D' r_k, in one read.
+        let mut pairs: Vec<(&V, &V)> = Vec::with_capacity(k * (k + 1) / 2 + k);
+        for i in 0..k {
+            for j in i..k {
+                pairs.push((&d_r[i], &d_r[j]));
+            }
+        }
+        pairs.extend(d_r.iter().map(|d| (d, r_k)));
+        let dots = op.weighted_dots(b, &pairs);
+        let mut gram = vec![0.0; k * k];
+        let mut t = 0;
+        for i in 0..k {
+            for j in i..k {
+                gram[i * k + j] = dots[t];
+                gram[j * k + i] = dots[t];
+                t += 1;
+            }
+        }
+        let trace: f64 = (0..k).map(|i| gram[i * k + i]).sum();
+        if !(trace.is_finite() && trace > 0.0) {
+            return None;
+        }
+        for i in 0..k {
+            gram[i * k + i] += ANDERSON_REGULARISATION * trace;
+        }
+        let gamma = fairrep_metrics::linalg::cholesky_solve(&gram, k, &dots[t..])?;
+        if !gamma.iter().all(|g| g.is_finite()) {
+            return None;
+        }
+        let d_g: Vec<V> = (0..k).map(|i| diff(i, |e| &e.0)).collect();
+        let mut terms: Vec<(f64, &V)> = vec![(1.0, self.latest())];
+        terms.extend(gamma.iter().zip(&d_g).map(|(&g, d)| (-g, d)));
+        Some(op.combine(&terms))
+    }
 }
 
 /// The solver's operations, counting the softmins (full passes over a cost matrix).
@@ -506,6 +844,18 @@ impl<O: SolverOps> SolverOps for Counted<'_, O> {
 
     fn marginal_errors(&self, eps: f64, terms: &[MarginalTerm<'_, Self::Vector>]) -> Vec<f64> {
         self.op.marginal_errors(eps, terms)
+    }
+
+    fn combine(&self, terms: &[(f64, &Self::Vector)]) -> Self::Vector {
+        self.op.combine(terms)
+    }
+
+    fn weighted_dots(
+        &self,
+        w: &Self::Vector,
+        pairs: &[(&Self::Vector, &Self::Vector)],
+    ) -> Vec<f64> {
+        self.op.weighted_dots(w, pairs)
     }
 }
 
@@ -706,6 +1056,148 @@ mod tests {
         assert_eq!(m.step, CrossStep::Alternating(Momentum::OMEGA));
         let _ = observe_rate(&mut m, e, 0.99, 3);
         assert_eq!(m.step, CrossStep::Alternating(Momentum::OMEGA));
+    }
+
+    /// Solver operations on `f64` vectors whose cross map is affine (`T(g) = g / 2` on the
+    /// points of alpha, `T(f) = f / 2 + 1` on those of beta: fixed point `g = 4/3`) and whose
+    /// cross marginal errors are scripted, so that the test decides which steps the safeguard
+    /// sees growing. The self softmins return their input (self errors 0).
+    struct Scripted {
+        cross_errors: std::cell::RefCell<std::collections::VecDeque<f64>>,
+        /// The `g` each `T(g)` was evaluated at.
+        evaluated: std::cell::RefCell<Vec<Vec<f64>>>,
+    }
+
+    impl SolverOps for Scripted {
+        type Vector = Vec<f64>;
+
+        fn prepare(&mut self, _eps: f64) {}
+
+        fn softmin(
+            &self,
+            _eps: f64,
+            pair: Pair,
+            log_w: &Vec<f64>,
+            pot: Option<&Vec<f64>>,
+        ) -> Vec<f64> {
+            let pot = pot.cloned().unwrap_or_else(|| vec![0.0; log_w.len()]);
+            match pair {
+                Pair::XY => {
+                    self.evaluated.borrow_mut().push(pot.clone());
+                    pot.iter().map(|g| g / 2.0).collect()
+                }
+                Pair::YX => pot.iter().map(|f| f / 2.0 + 1.0).collect(),
+                Pair::XX | Pair::YY => pot,
+            }
+        }
+
+        fn relax(&self, old: &Vec<f64>, new: Vec<f64>, w: f64) -> Vec<f64> {
+            old.iter()
+                .zip(new)
+                .map(|(o, n)| (1.0 - w) * o + w * n)
+                .collect()
+        }
+
+        fn log_weights(&self, w: &Vec<f64>) -> Vec<f64> {
+            w.iter().map(|v| v.ln()).collect()
+        }
+
+        fn marginal_errors(&self, _eps: f64, terms: &[MarginalTerm<'_, Vec<f64>>]) -> Vec<f64> {
+            // The scripted cross error on the first term, nothing on the others (the relaxed
+            // steps' second cross term and the self terms).
+            let first = self.cross_errors.borrow_mut().pop_front().unwrap_or(0.0);
+            let mut v = vec![0.0; terms.len()];
+            v[0] = first;
+            v
+        }
+
+        fn combine(&self, terms: &[(f64, &Vec<f64>)]) -> Vec<f64> {
+            (0..terms[0].1.len())
+                .map(|i| terms.iter().map(|(c, v)| c * v[i]).sum())
+                .collect()
+        }
+
+        fn weighted_dots(&self, w: &Vec<f64>, pairs: &[(&Vec<f64>, &Vec<f64>)]) -> Vec<f64> {
+            pairs
+                .iter()
+                .map(|(u, v)| (0..w.len()).map(|i| w[i] * u[i] * v[i]).sum())
+                .collect()
+        }
+    }
+
+    #[test]
+    fn anderson_steps_whose_error_grows_fall_back_to_plain_steps() {
+        let config = SinkhornConfig {
+            eps: 1.0,
+            tolerance: 1e-3,
+            max_iters: 40,
+            check_every: 2,
+            ..SinkhornConfig::default()
+        };
+        // Target iterations: 1 and 2 are plain steps (one evaluation in the history, then
+        // two: 3 is extrapolated); 3's error grows (0.7 after 0.5): rejected, the history
+        // cleared, 4 is the plain step from 2's iterate; 4 and 5 plain, 6 extrapolated and
+        // rejected (0.6 after 0.3); 7 and 8 plain, 9 extrapolated and rejected (0.5 after
+        // 0.2): the third rejection hands over to the relaxed steps, checked every 2
+        // iterations from there (1e-4 at iteration 11: converged).
+        let script = [1.0, 0.5, 0.7, 0.4, 0.3, 0.6, 0.25, 0.2, 0.5, 1e-4];
+        let mut op = Scripted {
+            cross_errors: std::cell::RefCell::new(script.into_iter().collect()),
+            evaluated: std::cell::RefCell::new(Vec::new()),
+        };
+        let w = vec![0.5, 0.5];
+        // Diameter 0: the target eps alone, no descent.
+        let out = solve_with(&mut op, 0.0, &w, &w, false, &config).unwrap();
+        assert!(out.converged);
+        assert_eq!(out.n_iters, 11);
+        assert_eq!(out.marginal_error, 1e-4);
+        // The `g` of each `T(g)`: 0 the initialisation of `f`, 1 to 9 the accelerated
+        // iterations, 10 and 11 the relaxed steps, 12 the check at iteration 11.
+        let g = op.evaluated.into_inner();
+        assert_eq!(g.len(), 13);
+        let plain = |g: &[f64]| -> Vec<f64> { g.iter().map(|g| g / 4.0 + 1.0).collect() };
+        let fixed_point = |g: &[f64]| g.iter().all(|v| (v - 4.0 / 3.0).abs() < 1e-9);
+        assert_eq!(g[2], plain(&g[1]));
+        // Extrapolated iterates: exact for this affine map.
+        for k in [3, 6, 9] {
+            assert!(fixed_point(&g[k]), "{k}: {:?}", g[k]);
+        }
+        // After each rejection, the plain step from the last accepted iterate; after the
+        // third, the relaxed steps restart from where the acceleration started.
+        assert_eq!(g[4], plain(&g[2]));
+        assert_eq!(g[7], plain(&g[5]));
+        assert_eq!(g[10], g[1]);
+        for k in [5, 8] {
+            assert_eq!(g[k], plain(&g[k - 1]), "{k}");
+        }
+    }
+
+    #[test]
+    fn a_stalled_anderson_phase_hands_over_to_the_relaxed_steps() {
+        let config = SinkhornConfig {
+            eps: 1.0,
+            tolerance: 1e-3,
+            max_iters: 40,
+            check_every: 2,
+            ..SinkhornConfig::default()
+        };
+        // Every extrapolated iterate improves on the one before (no rejection), but none on
+        // the first error: after ANDERSON_STALL such iterations, at iteration 11, the relaxed
+        // steps take over, checked every 2 iterations (1e-4 at 13: converged).
+        let mut script = vec![0.5];
+        script.extend((0..ANDERSON_STALL).map(|k| 0.9 - 0.01 * k as f64));
+        script.push(1e-4);
+        let mut op = Scripted {
+            cross_errors: std::cell::RefCell::new(script.into_iter().collect()),
+            evaluated: std::cell::RefCell::new(Vec::new()),
+        };
+        let w = vec![0.5, 0.5];
+        let out = solve_with(&mut op, 0.0, &w, &w, false, &config).unwrap();
+        assert!(out.converged);
+        assert_eq!(out.n_iters, 1 + ANDERSON_STALL + 2);
+        assert_eq!(out.marginal_error, 1e-4);
+        // The initialisation, 11 accelerated iterations, 2 relaxed ones and their check.
+        assert_eq!(op.evaluated.into_inner().len(), 1 + 1 + ANDERSON_STALL + 3);
     }
 
     #[test]

@@ -150,7 +150,7 @@ pub(crate) fn solve(problem: &Problem, config: &SinkhornConfig) -> Result<SolveO
     };
     solve_with(
         &mut op,
-        problem.diameter,
+        problem.schedule_diameter(),
         &problem.a,
         &problem.b,
         problem.same,

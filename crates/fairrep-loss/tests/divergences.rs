@@ -799,8 +799,10 @@ fn the_schedule_reaches_its_tolerance_on_the_benchmark_problem() {
         "tiled: marginal error {:e}",
         out.marginal_error
     );
+    // Every iteration is at least one pass (a descent step one, an iteration at the target
+    // eps two), and the last step four more.
     assert!(
-        out.n_softmins >= 2 * out.n_iters,
+        out.n_softmins >= out.n_iters + 4,
         "{} softmins",
         out.n_softmins
     );

@@ -144,7 +144,14 @@ pub(crate) fn solve(problem: &Problem, config: &SinkhornConfig) -> Result<SolveO
         y: problem.y.clone(),
     };
     let (a, b) = (&problem.a, &problem.b);
-    solve_with(&mut op, problem.diameter, a, b, problem.same, config)
+    solve_with(
+        &mut op,
+        problem.schedule_diameter(),
+        a,
+        b,
+        problem.same,
+        config,
+    )
 }
 
 /// The divergence through the fused softmin: the loop on detached tensors, then the last step

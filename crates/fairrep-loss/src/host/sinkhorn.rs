@@ -84,6 +84,14 @@ impl<F: HostFloat> SolverOps for HostSoftmin<F> {
     fn marginal_errors(&self, eps: f64, terms: &[(&Vec<F>, &Vec<F>, &Vec<F>)]) -> Vec<f64> {
         marginal_errors_host(eps, terms)
     }
+
+    fn combine(&self, terms: &[(f64, &Vec<F>)]) -> Vec<F> {
+        combine_host(terms)
+    }
+
+    fn weighted_dots(&self, w: &Vec<F>, pairs: &[(&Vec<F>, &Vec<F>)]) -> Vec<f64> {
+        weighted_dots_host(w, pairs)
+    }
 }
 
 /// `(1 - w) old + w new` on host vectors (`crate::solver::SolverOps::relax`).
@@ -123,6 +131,29 @@ pub(super) fn marginal_errors_host<F: HostFloat>(
         .collect()
 }
 
+/// `sum_k c_k v_k` on host vectors (`crate::solver::SolverOps::combine`), each element summed
+/// in float64.
+pub(super) fn combine_host<F: HostFloat>(terms: &[(f64, &Vec<F>)]) -> Vec<F> {
+    let len = terms.first().map_or(0, |(_, v)| v.len());
+    (0..len)
+        .map(|i| F::of(terms.iter().map(|(c, v)| c * v[i].get()).sum()))
+        .collect()
+}
+
+/// `sum_i w_i u_i v_i` for each pair on host vectors, in float64
+/// (`crate::solver::SolverOps::weighted_dots`).
+pub(super) fn weighted_dots_host<F: HostFloat>(w: &[F], pairs: &[(&Vec<F>, &Vec<F>)]) -> Vec<f64> {
+    pairs
+        .iter()
+        .map(|(u, v)| {
+            w.iter()
+                .zip(u.iter().zip(v.iter()))
+                .map(|(w, (u, v))| w.get() * u.get() * v.get())
+                .sum()
+        })
+        .collect()
+}
+
 /// The host loop's solution with what the last step needs: the cost matrices and the weights.
 struct HostSolution<F> {
     op: HostSoftmin<F>,
@@ -137,7 +168,14 @@ impl<F: HostFloat> HostSolution<F> {
 
         let mut op = HostSoftmin::new(costs.xy, costs.xx, costs.yy);
         let (a, b) = (host_vec(problem.a.clone()), host_vec(problem.b.clone()));
-        let solved = solve_with(&mut op, problem.diameter, &a, &b, problem.same, config)?;
+        let solved = solve_with(
+            &mut op,
+            problem.schedule_diameter(),
+            &a,
+            &b,
+            problem.same,
+            config,
+        )?;
         Ok(Self { op, a, b, solved })
     }
 

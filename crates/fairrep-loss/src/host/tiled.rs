@@ -22,7 +22,9 @@
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::sinkhorn::{log_weights_host, marginal_errors_host, relax_host};
+use super::sinkhorn::{
+    combine_host, log_weights_host, marginal_errors_host, relax_host, weighted_dots_host,
+};
 use super::{HostFloat, LANES, host_vec, max_of, sum_of, to_tensor, with_gradients};
 use crate::config::{LossError, SinkhornConfig};
 use crate::solver::{Pair, Problem, SinkhornOutput, SolveOutput, SolverOps, solve_with};
@@ -447,6 +449,14 @@ impl<F: HostFloat> SolverOps for TiledSoftmin<F> {
     fn marginal_errors(&self, eps: f64, terms: &[(&Vec<F>, &Vec<F>, &Vec<F>)]) -> Vec<f64> {
         marginal_errors_host(eps, terms)
     }
+
+    fn combine(&self, terms: &[(f64, &Vec<F>)]) -> Vec<F> {
+        combine_host(terms)
+    }
+
+    fn weighted_dots(&self, w: &Vec<F>, pairs: &[(&Vec<F>, &Vec<F>)]) -> Vec<f64> {
+        weighted_dots_host(w, pairs)
+    }
 }
 
 /// The tiled solve: the clouds and weights read to the host, the shared loop.
@@ -467,7 +477,14 @@ impl<F: HostFloat> TiledSolution<F> {
         let mut op = TiledSoftmin::new((&x, n), (&y, m), d);
         drop((x, y));
         let (a, b) = (host_vec(problem.a.clone()), host_vec(problem.b.clone()));
-        let solved = solve_with(&mut op, problem.diameter, &a, &b, problem.same, config)?;
+        let solved = solve_with(
+            &mut op,
+            problem.schedule_diameter(),
+            &a,
+            &b,
+            problem.same,
+            config,
+        )?;
         Ok(Self { op, a, b, solved })
     }
 }
