@@ -375,7 +375,7 @@ pub(crate) fn solve_with<O: SolverOps>(
 }
 
 /// [`solve_with`], with Anderson acceleration at the target eps or (`accelerate = false`,
-/// for the tests) the steps of [`Momentum`] from the start.
+/// for the tests and the device paths) the steps of [`Momentum`] from the start.
 pub(crate) fn solve_with_acceleration<O: SolverOps>(
     op: &mut O,
     diameter: f64,

@@ -25,7 +25,8 @@ use crate::config::{LossError, MmdConfig, MmdEstimator, SinkhornConfig};
 use crate::cost::uniform_weights;
 use crate::kernel::{resolve_bandwidths, unbiased_self_term};
 use crate::solver::{
-    Pair, Problem, SinkhornOutput, SoftminOp, SolveOutput, TrackedSoftmin, final_value, solve_with,
+    Pair, Problem, SinkhornOutput, SoftminOp, SolveOutput, TrackedSoftmin, final_value,
+    solve_with_acceleration,
 };
 
 /// Output of [`fused_softmin`].
@@ -143,14 +144,14 @@ pub(crate) fn solve(problem: &Problem, config: &SinkhornConfig) -> Result<SolveO
         x: problem.x.clone(),
         y: problem.y.clone(),
     };
-    let (a, b) = (&problem.a, &problem.b);
-    solve_with(
+    // Relaxed steps at the target eps, as on the tensor-op path (`tensor_ops::solve`).
+    solve_with_acceleration(
         &mut op,
         problem.schedule_diameter(),
-        a,
-        b,
+        (&problem.a, &problem.b),
         problem.same,
         config,
+        false,
     )
 }
 
