@@ -38,7 +38,7 @@ use fairrep_data::fs::{self as fsutil, FsError};
 use fairrep_data::spec::TaskKind;
 use fairrep_data::{DataError, Dataset, Encoding, StratifiedBatches, epoch_seed};
 use fairrep_loss::LossError;
-use fairrep_model::{FairModel, FairModelConfig};
+use fairrep_model::{DropoutMasks, FairModel, FairModelConfig};
 use tracing::{debug, info, warn};
 
 use crate::checkpoint::{self, CheckpointError, RunLock};
@@ -472,7 +472,7 @@ impl Session {
         let ad = self.selected.device.clone().autodiff();
         let seed = self.cfg.seed();
         let lr = self.cfg.optim.lr_at(epoch);
-        ad.seed(epoch_seed(seed ^ DROPOUT_SALT, epoch as u64));
+        let mut dropout = DropoutMasks::new(epoch_seed(seed ^ DROPOUT_SALT, epoch as u64));
         let batches = batcher.epoch(epoch_seed(seed, epoch as u64));
         let n_batches = batches.len();
         let kinds: Vec<TaskKind> = self.dataset.schema.tasks.iter().map(|t| t.kind).collect();
@@ -528,7 +528,7 @@ impl Session {
                 .map(|y| y.clone().select(0, index.clone()))
                 .collect();
             timing.batches += lap(&mut mark);
-            let out = self.model.forward(x);
+            let out = self.model.forward_train(x, &mut dropout);
             let mut task_loss: Option<Tensor<1>> = None;
             for ((t, logits), targets) in out.logits.into_iter().enumerate().zip(targets) {
                 let loss_t = match kinds[t] {
