@@ -2634,7 +2634,8 @@ fn one_attribute_as_a_list_equals_the_single_table_bit_for_bit() {
     };
     let single_eval = eval(&single, "single");
     assert!(single_eval["runs"][0].get("attributes").is_none());
-    let mut list_eval = eval(&run("list_eval", list, "each"), "list_eval");
+    let list_summary = run("list_eval", list, "each");
+    let mut list_eval = eval(&list_summary, "list_eval");
     let r = &list_eval["runs"][0];
     assert_eq!(r["attributes"]["sex"]["leakage"], r["leakage"]);
     assert_eq!(r["attributes"]["sex"]["tasks"], r["tasks"]);
@@ -2667,6 +2668,32 @@ fn one_attribute_as_a_list_equals_the_single_table_bit_for_bit() {
     single_run.remove("run");
     single_run.remove("checkpoint");
     assert_eq!(list_run, single_run);
+    // transfer of the list's run: the attribute's bounds are the cells'.
+    let list_dir = list_summary["run_dir"].as_str().unwrap().to_string();
+    let config = write(
+        &dir.join("transfer.toml"),
+        "[data]\ntasks = [\"y\"]\n[heads]\nkinds = [\"linear\"]\n[compare]\nraw = false\n",
+    );
+    let out = fairrep(
+        &dir,
+        &[
+            "transfer",
+            "--from",
+            &list_dir,
+            config.to_str().unwrap(),
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out);
+    let report = read_json(&dir.join(&list_dir).join("transfer.json"));
+    let head = &report["cells"][0]["runs"][0];
+    let sex = &head["attributes"]["sex"];
+    for key in ["dp_gap", "score_gap", "w1_bound", "mmd_bound"] {
+        assert!(!head[key].is_null(), "{key}: {head}");
+        assert_eq!(sex[key], head[key], "{key}");
+    }
+    assert_eq!(report["w1"][0]["attributes"]["sex"], report["w1"][0]["w1"]);
     for (name, mode) in [("list", "each"), ("list_cells", "intersectional")] {
         let one = run(name, list, mode);
         for split in ["valid", "test"] {
