@@ -19,7 +19,7 @@ fn svg_size(svg: &str) -> (f64, f64) {
 
 /// Asserts that the PNG beside `svg_path` (same stem) decodes as an 8-bit RGBA image twice
 /// the SVG's size, with a white background and at least `min_colours` distinct colours.
-pub fn assert_png_beside(svg_path: &Path, min_colours: usize) {
+pub(crate) fn assert_png_beside(svg_path: &Path, min_colours: usize) {
     let svg = std::fs::read_to_string(svg_path).unwrap();
     let (width, height) = svg_size(&svg);
     let png_path = svg_path.with_extension("png");
