@@ -6,6 +6,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+#[path = "common/png_check.rs"]
+mod png_check;
+
 /// A fresh, empty directory for one test.
 fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -160,6 +163,7 @@ fn trains_end_to_end_and_writes_its_artifacts() {
         "metrics.jsonl",
         "summary.json",
         "curves.svg",
+        "curves.png",
         "latest",
         "best",
     ] {
@@ -196,6 +200,7 @@ fn trains_end_to_end_and_writes_its_artifacts() {
     assert!(manifest["schema"]["features"].as_array().unwrap().len() == 8);
     let svg = std::fs::read_to_string(run.join("curves.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("valid DP gap"));
+    png_check::assert_png_beside(&run.join("curves.svg"), 8);
 }
 
 /// `--dump-data DIR` writes the splits the config trains on, prints their description, and
@@ -1275,6 +1280,7 @@ fn transfer_eval_and_export_end_to_end() {
     let report = read_json(&fair.join("transfer.json"));
     let svg = std::fs::read_to_string(fair.join("transfer.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("task1: accuracy vs DP gap (mlp)"));
+    png_check::assert_png_beside(&fair.join("transfer.svg"), 8);
     let cells = report["cells"].as_array().unwrap();
     assert_eq!(cells.len(), 6, "3 representations x 2 heads x 1 task");
     for cell in cells {
@@ -2108,6 +2114,7 @@ fn postprocess_a_regression_run_and_its_binary_scores() {
     let folder = run.join("postprocess").join("score");
     let report = read_json(&folder.join("report.json"));
     assert!(folder.join("fit.json").is_file() && folder.join("curve.svg").is_file());
+    png_check::assert_png_beside(&folder.join("curve.svg"), 8);
     assert_eq!(report["curve"].as_array().unwrap().len(), 11, "{report}");
     assert_eq!(report["calibration"]["n"].as_u64(), Some(500));
     assert_eq!(report["test"]["n"].as_u64(), Some(500));

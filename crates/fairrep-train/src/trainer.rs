@@ -48,6 +48,7 @@ use crate::device::{DeviceError, SelectedDevice, select_device};
 use crate::eval::{EvalError, SplitEval, evaluate, rows_tensor};
 use crate::losses::{bce_with_logits, mse};
 use crate::plot::training_curves;
+use crate::raster;
 use crate::records::{
     BURN_VERSION, BestEpoch, CONFIG_FILE, CURVES_FILE, ConstraintRecord, EpochRecord, EpochTiming,
     MANIFEST_FORMAT, Manifest, SUMMARY_FILE, Summary, TrainLosses, TrainPenaltyDiagnostics,
@@ -760,7 +761,8 @@ impl Session {
             self.lambda = next;
         }
         self.history.push(record);
-        self.write_curves();
+        let stop = self.cfg.file.run.stop_after_epoch == Some(number);
+        self.write_curves(stop);
 
         if is_best {
             self.best = Some(BestEpoch {
@@ -770,7 +772,6 @@ impl Session {
             });
         }
         let every = self.cfg.file.run.checkpoint_every;
-        let stop = self.cfg.file.run.stop_after_epoch == Some(number);
         if is_best || stop || number == epochs || (every > 0 && number.is_multiple_of(every)) {
             let manifest = self.manifest(number);
             let name =
@@ -784,11 +785,20 @@ impl Session {
         Ok(stop)
     }
 
-    /// `curves.svg`, rewritten after every epoch; a failed write is reported, not fatal.
-    fn write_curves(&self) {
+    /// `curves.svg`, rewritten after every epoch, and with `png` its PNG version `curves.png`
+    /// (when the run stops or ends: rendering takes longer than an epoch of a small run); a
+    /// failed write is reported, not fatal.
+    fn write_curves(&self, png: bool) {
         let path = self.run_dir.join(CURVES_FILE);
-        if let Err(e) = fsutil::write_atomic(&path, training_curves(&self.history).as_bytes()) {
+        let svg = training_curves(&self.history);
+        if let Err(e) = fsutil::write_atomic(&path, svg.as_bytes()) {
             warn!("the training curves were not written: {e}");
+        }
+        if png && let Err(e) = raster::write_png_beside(&path, &svg) {
+            warn!(
+                "the PNG of the training curves (`{}`) was not written: {e}",
+                raster::png_path(&path).display()
+            );
         }
     }
 
@@ -1017,7 +1027,7 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome, TrainError> {
             });
         }
     }
-    session.write_curves();
+    session.write_curves(true);
     Ok(TrainOutcome::Finished(Box::new(session.finish(wall)?)))
 }
 
