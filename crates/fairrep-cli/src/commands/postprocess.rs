@@ -9,7 +9,6 @@ use fairrep_audit::postprocess::{
 use fairrep_data::fs as fsutil;
 use fairrep_postprocess::default_alphas;
 use fairrep_train::device::select_device;
-use fairrep_train::raster::PngFile;
 
 use crate::cli::PostprocessArgs;
 
@@ -97,13 +96,7 @@ pub(crate) fn run(args: PostprocessArgs) -> anyhow::Result<()> {
     print!("{}", render_curve(&outcome.report));
     eprintln!("post-processor: {}", outcome.report.fit_file.display());
     eprintln!("plot: {}", outcome.report.plot_file.display());
-    match &outcome.plot_png {
-        PngFile::Written(path) => eprintln!("plot (PNG): {}", path.display()),
-        PngFile::Failed { path, message } => eprintln!(
-            "warning: the PNG of the plot (`{}`) was not written: {message}",
-            path.display()
-        ),
-    }
+    super::report_png("plot", &outcome.plot_png);
     eprintln!(
         "report: {}",
         outcome

@@ -21,7 +21,7 @@ use fairrep_sweep::slurm::{SlurmOptions, sbatch_script};
 use fairrep_sweep::spec::run_root;
 use fairrep_sweep::{PlannedRun, Shard, SweepPlan};
 use fairrep_train::checkpoint::RunLock;
-use fairrep_train::raster;
+use fairrep_train::raster::PngFile;
 use fairrep_train::records::SUMMARY_FILE;
 
 use crate::cli::{EmitKind, SweepAction, SweepArgs};
@@ -195,13 +195,7 @@ fn merge(dir: &Path) -> anyhow::Result<usize> {
         dir.join(REPORT_MD).display()
     );
     // The PNG comes last: a failure to render it loses neither the SVG nor the report.
-    match raster::write_png_beside(&svg_path, &svg) {
-        Ok(png) => eprintln!("front (PNG): {}", png.display()),
-        Err(e) => eprintln!(
-            "warning: the PNG of the front (`{}`) was not written: {e}",
-            raster::png_path(&svg_path).display()
-        ),
-    }
+    super::report_png("front", &PngFile::beside(&svg_path, &svg));
     println!("{report}");
     Ok(collected.missing.len())
 }

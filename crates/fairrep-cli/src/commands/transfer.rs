@@ -3,7 +3,7 @@ use anyhow::Context;
 use fairrep_audit::transfer::{self, TransferConfig, TransferOptions};
 use fairrep_data::fs as fsutil;
 use fairrep_train::device::{DeviceChoice, select_device};
-use fairrep_train::raster;
+use fairrep_train::raster::PngFile;
 
 use super::{report_path, write_report};
 use crate::cli::TransferArgs;
@@ -40,12 +40,6 @@ pub(crate) fn run(args: TransferArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write the plot `{}`", plot.display()))?;
     eprintln!("trade-off plot: {}", plot.display());
     // A failure to render the PNG loses neither the report nor the SVG.
-    match raster::write_png_beside(&plot, &svg) {
-        Ok(png) => eprintln!("trade-off plot (PNG): {}", png.display()),
-        Err(e) => eprintln!(
-            "warning: the PNG of the trade-off plot (`{}`) was not written: {e}",
-            raster::png_path(&plot).display()
-        ),
-    }
+    super::report_png("trade-off plot", &PngFile::beside(&plot, &svg));
     Ok(())
 }
