@@ -44,6 +44,7 @@ use fairrep_postprocess::{
     SequentialFit, fit_sequential, read_predictions_csv,
 };
 use fairrep_train::plot::{Chart, Series, render};
+use fairrep_train::raster::PngFile;
 use serde::{Deserialize, Serialize};
 
 use crate::trained::{TrainedError, TrainedRun};
@@ -320,6 +321,8 @@ pub struct Outcome {
     pub fit: SequentialFit,
     /// The report (also written to `report.json`).
     pub report: PostprocessReport,
+    /// The PNG version of the curve plot (`curve.png`), or why it was not written.
+    pub plot_png: PngFile,
 }
 
 /// Checks the alphas (each in `[0, 1]`, at least one).
@@ -553,12 +556,13 @@ pub fn curve_plot(report: &PostprocessReport) -> String {
 }
 
 /// Writes `fit.json`, `report.json` and `curve.svg` into `out_dir` (created when missing) and
-/// records their paths in the report.
+/// records their paths in the report; then `curve.png`, whose failure is returned as a value
+/// (the other files are kept).
 pub fn write_outputs(
     fit: &SequentialFit,
     report: &mut PostprocessReport,
     out_dir: &Path,
-) -> Result<(), PostprocessCmdError> {
+) -> Result<PngFile, PostprocessCmdError> {
     let werr = |path: &Path, e: &dyn std::fmt::Display| PostprocessCmdError::Write {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -576,13 +580,13 @@ pub fn write_outputs(
     let plot_path = out_dir.join(PLOT_FILE);
     report.fit_file = fit_path;
     report.plot_file = plot_path.clone();
-    fairrep_data::fs::write_atomic(&plot_path, curve_plot(report).as_bytes())
-        .map_err(|e| werr(&plot_path, &e))?;
+    let svg = curve_plot(report);
+    fairrep_data::fs::write_atomic(&plot_path, svg.as_bytes()).map_err(|e| werr(&plot_path, &e))?;
     let report_path = out_dir.join(REPORT_FILE);
     let json = serde_json::to_string_pretty(report).map_err(|e| werr(&report_path, &e))?;
     fairrep_data::fs::write_atomic(&report_path, format!("{json}\n").as_bytes())
         .map_err(|e| werr(&report_path, &e))?;
-    Ok(())
+    Ok(PngFile::beside(&plot_path, &svg))
 }
 
 /// Post-processes task `task` of the run in `run_dir`: calibrated on its validation split,
@@ -661,8 +665,12 @@ pub fn postprocess_run(
     report.calibration.split = SplitName::Valid.name().into();
     report.test.split = SplitName::Test.name().into();
     let out = out_dir.map_or_else(|| run_dir.join("postprocess").join(task), Path::to_path_buf);
-    write_outputs(&fit, &mut report, &out)?;
-    Ok(Outcome { fit, report })
+    let plot_png = write_outputs(&fit, &mut report, &out)?;
+    Ok(Outcome {
+        fit,
+        report,
+        plot_png,
+    })
 }
 
 fn table_sample(t: &PredictionsTable) -> Sample {
@@ -774,8 +782,12 @@ pub fn postprocess_predictions(
         },
         Path::to_path_buf,
     );
-    write_outputs(&fit, &mut report, &out)?;
-    Ok(Outcome { fit, report })
+    let plot_png = write_outputs(&fit, &mut report, &out)?;
+    Ok(Outcome {
+        fit,
+        report,
+        plot_png,
+    })
 }
 
 /// A saved post-processor: one attribute or several.

@@ -10,7 +10,9 @@
 //! heads are fitted on the representations of the comparison encoders (`compare.baseline`,
 //! typically `lambda = 0`, paired by seed) and on the raw preprocessed inputs, so the gain is
 //! read in one table. Next to each measured gap between the groups' mean scores are the two
-//! bounds of MATH.md: `L W1(z|g, z|g')` and `||q||_H MMD(z|g, z|g')`.
+//! bounds of MATH.md: `L W1(z|g, z|g')` and `||q||_H MMD(z|g, z|g')`. With several sensitive
+//! attributes the groups are the intersection cells, and each attribute gets its own gaps and
+//! bounds between its groups too (same heads, same scores, same `z`).
 //!
 //! ```toml
 //! [data]
@@ -365,10 +367,24 @@ pub struct HeadResult {
     pub w1_bound: f64,
     /// The MMD side of the bound.
     pub mmd_bound: MmdBound,
-    /// With several sensitive attributes (`metrics` then compares the intersection cells):
-    /// per attribute name, the metrics between that attribute's groups.
+    /// With several sensitive attributes (`metrics` and the bounds then compare the
+    /// intersection cells): per attribute name, the metrics and bounds between that
+    /// attribute's groups.
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
-    pub attributes: BTreeMap<String, ScoreMetrics>,
+    pub attributes: BTreeMap<String, AttributeResult>,
+}
+
+/// One head's figures between the groups of one sensitive attribute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttributeResult {
+    /// Its metrics between the attribute's groups.
+    #[serde(flatten)]
+    pub metrics: ScoreMetrics,
+    /// `score_lipschitz * W1(z | g, z | g')` over the attribute's groups, an upper bound on
+    /// its `score_gap`.
+    pub w1_bound: f64,
+    /// The MMD side of the bound, between the attribute's groups.
+    pub mmd_bound: MmdBound,
 }
 
 /// All seeds of one (representation, head, task) cell, and their summary.
@@ -396,6 +412,10 @@ pub struct RepresentationW1 {
     pub run: Option<PathBuf>,
     /// The bound.
     pub w1: W1Bound,
+    /// With several sensitive attributes (`w1` then is between the intersection cells): per
+    /// attribute name, the bound between that attribute's groups.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub attributes: BTreeMap<String, W1Bound>,
 }
 
 /// What `fairrep transfer` writes.
@@ -529,21 +549,29 @@ fn summary_of(runs: &[HeadResult]) -> BTreeMap<String, Interval> {
     put("score_gap", &|r| Some(r.metrics.score_gap));
     put("w1_bound", &|r| Some(r.w1_bound));
     put("mmd_bound", &|r| Some(r.mmd_bound.bound));
-    // Several attributes: each attribute's gaps as `METRIC:ATTRIBUTE`.
+    // Several attributes: each attribute's gaps and bounds as `METRIC:ATTRIBUTE`.
     let attributes: Vec<String> = runs
         .first()
         .map(|r| r.attributes.keys().cloned().collect())
         .unwrap_or_default();
     for a in &attributes {
         put(&format!("dp_gap:{a}"), &|r| {
-            r.attributes.get(a).map(|m| m.dp_gap)
+            r.attributes.get(a).map(|m| m.metrics.dp_gap)
         });
         put(&format!("eo_gap:{a}"), &|r| {
-            r.attributes.get(a).and_then(|m| m.eo_gap)
+            r.attributes.get(a).and_then(|m| m.metrics.eo_gap)
         });
-        put(&format!("ks:{a}"), &|r| r.attributes.get(a).map(|m| m.ks));
+        put(&format!("ks:{a}"), &|r| {
+            r.attributes.get(a).map(|m| m.metrics.ks)
+        });
         put(&format!("score_gap:{a}"), &|r| {
-            r.attributes.get(a).map(|m| m.score_gap)
+            r.attributes.get(a).map(|m| m.metrics.score_gap)
+        });
+        put(&format!("w1_bound:{a}"), &|r| {
+            r.attributes.get(a).map(|m| m.w1_bound)
+        });
+        put(&format!("mmd_bound:{a}"), &|r| {
+            r.attributes.get(a).map(|m| m.mmd_bound.bound)
         });
     }
     out
@@ -691,6 +719,24 @@ pub fn transfer(
                 device,
             )
             .map_err(stats_err)?;
+            // Per attribute: its ids, group count, and W1 bound between its groups (the
+            // cells' when its ids are the cells', a one-element `[[data.sensitive]]`).
+            let mut attribute_w1 = Vec::with_capacity(ds.schema.attributes.len());
+            for (info, ids) in ds.schema.attributes.iter().zip(&scored.attributes) {
+                let n = info.groups.len();
+                let same_as_cells = n == n_groups && *ids == scored.groups;
+                let bound = if same_as_cells {
+                    w1.clone()
+                } else {
+                    info!(
+                        "seed {seed}: {}: W1 bound between the groups of `{}`",
+                        rep.name, info.name
+                    );
+                    stats::group_w1_bound(rep_scored, ids, n, cfg.bounds.max_points, seed, device)
+                        .map_err(stats_err)?
+                };
+                attribute_w1.push((info, ids, same_as_cells, bound));
+            }
             for arch in &archs {
                 for (t, task) in ds.task_names().iter().enumerate() {
                     let head = fit_head(
@@ -717,21 +763,6 @@ pub fn transfer(
                                 task: task.clone(),
                                 source,
                             })?;
-                    let mut attributes = BTreeMap::new();
-                    for (info, ids) in ds.schema.attributes.iter().zip(&scored.attributes) {
-                        let m = stats::score_metrics(
-                            &scores,
-                            &scored.targets[t],
-                            ids,
-                            info.groups.len(),
-                        )
-                        .map_err(|source| TransferError::Metric {
-                            representation: rep.name.clone(),
-                            task: format!("{task} (attribute `{}`)", info.name),
-                            source,
-                        })?;
-                        attributes.insert(info.name.clone(), m);
-                    }
                     let mmd_bound = stats::mmd_bound(
                         rep_scored,
                         &scores,
@@ -741,6 +772,37 @@ pub fn transfer(
                         seed,
                     )
                     .map_err(stats_err)?;
+                    let mut attributes = BTreeMap::new();
+                    for (info, ids, same_as_cells, w1_a) in &attribute_w1 {
+                        let n = info.groups.len();
+                        let metrics = stats::score_metrics(&scores, &scored.targets[t], ids, n)
+                            .map_err(|source| TransferError::Metric {
+                                representation: rep.name.clone(),
+                                task: format!("{task} (attribute `{}`)", info.name),
+                                source,
+                            })?;
+                        let mmd_bound = if *same_as_cells {
+                            mmd_bound.clone()
+                        } else {
+                            stats::mmd_bound(
+                                rep_scored,
+                                &scores,
+                                ids,
+                                n,
+                                cfg.bounds.max_points,
+                                seed,
+                            )
+                            .map_err(stats_err)?
+                        };
+                        attributes.insert(
+                            info.name.clone(),
+                            AttributeResult {
+                                metrics,
+                                w1_bound: head.score_lipschitz() * w1_a.value,
+                                mmd_bound,
+                            },
+                        );
+                    }
                     info!(
                         "seed {seed}: {} / {} / {task}: accuracy {:.4}, DP gap {:.4}",
                         rep.name,
@@ -775,6 +837,10 @@ pub fn transfer(
                 representation: rep.name.clone(),
                 run: rep.run.clone(),
                 w1,
+                attributes: attribute_w1
+                    .into_iter()
+                    .map(|(info, _, _, bound)| (info.name.clone(), bound))
+                    .collect(),
             });
         }
     }
@@ -847,6 +913,56 @@ pub fn render_plot(report: &TransferReport) -> String {
     render(&charts)
 }
 
+/// With several sensitive attributes, one task's gaps and bounds between each attribute's groups:
+/// a row per (representation, head, attribute), below the task's table of the cells.
+fn render_attribute_bounds(out: &mut String, report: &TransferReport, task: &str, width: usize) {
+    let cells: Vec<&Cell> = report.cells.iter().filter(|c| c.task == task).collect();
+    let attributes: Vec<&str> = cells
+        .first()
+        .map(|c| {
+            c.summary
+                .keys()
+                .filter_map(|k| k.strip_prefix("w1_bound:"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if attributes.is_empty() {
+        return;
+    }
+    let cols = [
+        ("dp_gap", "DP gap"),
+        ("score_gap", "score gap"),
+        ("w1_bound", "L·W1 bound"),
+        ("mmd_bound", "‖q̂‖·MMD"),
+    ];
+    let _ = write!(
+        out,
+        "  {:<22} {:<7} {:<10}",
+        "per attribute", "head", "attribute"
+    );
+    for (_, title) in cols {
+        let _ = write!(out, " {title:>width$}");
+    }
+    let _ = writeln!(out);
+    for cell in cells {
+        for a in &attributes {
+            let _ = write!(
+                out,
+                "  {:<22} {:<7} {a:<10}",
+                cell.representation, cell.head
+            );
+            for (key, _) in cols {
+                let text = cell
+                    .summary
+                    .get(&format!("{key}:{a}"))
+                    .map_or_else(|| "-".to_string(), |i| i.show(3));
+                let _ = write!(out, " {text:>width$}");
+            }
+            let _ = writeln!(out);
+        }
+    }
+}
+
 /// The report as a text table (mean ± 95% CI over seeds).
 pub fn render_table(report: &TransferReport) -> String {
     let mut out = String::new();
@@ -884,7 +1000,7 @@ pub fn render_table(report: &TransferReport) -> String {
     }
     let width = if n > 1 { 15 } else { 9 };
     let mut current = String::new();
-    for cell in &report.cells {
+    for (pos, cell) in report.cells.iter().enumerate() {
         if cell.task != current {
             current = cell.task.clone();
             let _ = writeln!(out, "\ntask {current}");
@@ -903,6 +1019,13 @@ pub fn render_table(report: &TransferReport) -> String {
             let _ = write!(out, " {text:>width$}");
         }
         let _ = writeln!(out);
+        let last_of_task = report
+            .cells
+            .get(pos + 1)
+            .is_none_or(|c| c.task != cell.task);
+        if last_of_task {
+            render_attribute_bounds(&mut out, report, &cell.task, width);
+        }
     }
     if !report.leaking_tasks.is_empty() {
         let _ = writeln!(

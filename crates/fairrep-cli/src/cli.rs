@@ -33,7 +33,8 @@ pub(crate) enum Command {
     /// the raw inputs, for comparison); prints a table, writes transfer.json.
     Transfer(TransferArgs),
     /// Audit trained runs: task metrics, fairness, and leakage of the group from z (probe
-    /// AUCs, MMD / Sinkhorn with permutation p-values); prints a table, writes eval.json.
+    /// AUCs, MMD / Sinkhorn with permutation p-values; with several sensitive attributes, of
+    /// the cells and of each attribute); prints a table, writes eval.json.
     Eval(EvalArgs),
     /// Write a run's representation of a split (and groups, labels) as .npy files.
     Export(ExportArgs),

@@ -6,6 +6,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+#[path = "common/png_check.rs"]
+mod png_check;
+
 /// A fresh, empty directory for one test.
 fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -160,6 +163,7 @@ fn trains_end_to_end_and_writes_its_artifacts() {
         "metrics.jsonl",
         "summary.json",
         "curves.svg",
+        "curves.png",
         "latest",
         "best",
     ] {
@@ -196,6 +200,7 @@ fn trains_end_to_end_and_writes_its_artifacts() {
     assert!(manifest["schema"]["features"].as_array().unwrap().len() == 8);
     let svg = std::fs::read_to_string(run.join("curves.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("valid DP gap"));
+    png_check::assert_png_beside(&run.join("curves.svg"), 8);
 }
 
 /// `--dump-data DIR` writes the splits the config trains on, prints their description, and
@@ -1275,6 +1280,7 @@ fn transfer_eval_and_export_end_to_end() {
     let report = read_json(&fair.join("transfer.json"));
     let svg = std::fs::read_to_string(fair.join("transfer.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("task1: accuracy vs DP gap (mlp)"));
+    png_check::assert_png_beside(&fair.join("transfer.svg"), 8);
     let cells = report["cells"].as_array().unwrap();
     assert_eq!(cells.len(), 6, "3 representations x 2 heads x 1 task");
     for cell in cells {
@@ -2108,6 +2114,7 @@ fn postprocess_a_regression_run_and_its_binary_scores() {
     let folder = run.join("postprocess").join("score");
     let report = read_json(&folder.join("report.json"));
     assert!(folder.join("fit.json").is_file() && folder.join("curve.svg").is_file());
+    png_check::assert_png_beside(&folder.join("curve.svg"), 8);
     assert_eq!(report["curve"].as_array().unwrap().len(), 11, "{report}");
     assert_eq!(report["calibration"]["n"].as_u64(), Some(500));
     assert_eq!(report["test"]["n"].as_u64(), Some(500));
@@ -2607,6 +2614,93 @@ fn one_attribute_as_a_list_equals_the_single_table_bit_for_bit() {
         summary(&out)
     };
     let single = run("single", table, "each");
+    // eval of the list's run: the single table's report, plus the attribute's section, whose
+    // leakage is the cells'.
+    let eval = |summary: &Value, name: &str| {
+        let out_path = dir.join(format!("{name}-eval.json"));
+        let out = fairrep(
+            &dir,
+            &[
+                "eval",
+                "--from",
+                summary["run_dir"].as_str().unwrap(),
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "--permutations",
+                "9",
+                "--sinkhorn-permutations",
+                "2",
+                "--max-points",
+                "8",
+                "--out",
+                out_path.to_str().unwrap(),
+            ],
+        );
+        assert_ok(&out);
+        read_json(&out_path)
+    };
+    let single_eval = eval(&single, "single");
+    assert!(single_eval["runs"][0].get("attributes").is_none());
+    let list_summary = run("list_eval", list, "each");
+    let mut list_eval = eval(&list_summary, "list_eval");
+    let r = &list_eval["runs"][0];
+    assert_eq!(r["attributes"]["sex"]["leakage"], r["leakage"]);
+    assert_eq!(r["attributes"]["sex"]["tasks"], r["tasks"]);
+    for key in [
+        "logistic_auc",
+        "mlp_auc",
+        "mmd2",
+        "mmd2_p",
+        "sinkhorn",
+        "sinkhorn_p",
+    ] {
+        let key = format!("leakage.{key}");
+        assert_eq!(
+            list_eval["summary"][format!("{key}:sex")],
+            single_eval["summary"][&key],
+            "{key}"
+        );
+    }
+    for (key, interval) in list_eval["summary"].as_object().unwrap() {
+        if let Some(cells) = key.strip_suffix(":sex") {
+            assert_eq!(single_eval["summary"][cells], *interval, "{key}");
+        }
+    }
+    let list_run = list_eval["runs"][0].as_object_mut().unwrap();
+    list_run.remove("attributes");
+    list_run.remove("run");
+    list_run.remove("checkpoint");
+    let mut single_run = single_eval["runs"][0].clone();
+    let single_run = single_run.as_object_mut().unwrap();
+    single_run.remove("run");
+    single_run.remove("checkpoint");
+    assert_eq!(list_run, single_run);
+    // transfer of the list's run: the attribute's bounds are the cells'.
+    let list_dir = list_summary["run_dir"].as_str().unwrap().to_string();
+    let config = write(
+        &dir.join("transfer.toml"),
+        "[data]\ntasks = [\"y\"]\n[heads]\nkinds = [\"linear\"]\n[compare]\nraw = false\n",
+    );
+    let out = fairrep(
+        &dir,
+        &[
+            "transfer",
+            "--from",
+            &list_dir,
+            config.to_str().unwrap(),
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out);
+    let report = read_json(&dir.join(&list_dir).join("transfer.json"));
+    let head = &report["cells"][0]["runs"][0];
+    let sex = &head["attributes"]["sex"];
+    for key in ["dp_gap", "score_gap", "w1_bound", "mmd_bound"] {
+        assert!(!head[key].is_null(), "{key}: {head}");
+        assert_eq!(sex[key], head[key], "{key}");
+    }
+    assert_eq!(report["w1"][0]["attributes"]["sex"], report["w1"][0]["w1"]);
     for (name, mode) in [("list", "each"), ("list_cells", "intersectional")] {
         let one = run(name, list, mode);
         for split in ["valid", "test"] {
@@ -2638,7 +2732,7 @@ fn eval_and_transfer_report_per_attribute_and_intersectional_gaps() {
             "penalty.mode=intersectional",
         ],
     );
-    // eval: the cells' metrics, each attribute's, and the summary keys of both.
+    // eval: the cells' metrics and leakage, each attribute's, and the summary keys of both.
     let eval_out = dir.join("eval.json");
     let out = fairrep(
         &dir,
@@ -2647,9 +2741,9 @@ fn eval_and_transfer_report_per_attribute_and_intersectional_gaps() {
             "--from",
             run.to_str().unwrap(),
             "--permutations",
-            "0",
+            "9",
             "--sinkhorn-permutations",
-            "0",
+            "3",
             "--max-points",
             "200",
             "--device",
@@ -2660,10 +2754,17 @@ fn eval_and_transfer_report_per_attribute_and_intersectional_gaps() {
     );
     assert_ok(&out);
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        table.contains("task0.dp_gap:s2") && table.contains("task0.dp_gap "),
-        "{table}"
-    );
+    for key in [
+        "task0.dp_gap:s2",
+        "task0.dp_gap ",
+        "leakage.mlp_auc ",
+        "leakage.mlp_auc:s ",
+        "leakage.mlp_auc:s2",
+        "leakage.mmd2_p:s2",
+        "leakage.sinkhorn:s ",
+    ] {
+        assert!(table.contains(key), "{key}: {table}");
+    }
     let report = read_json(&eval_out);
     assert_eq!(
         report["groups"].as_array().unwrap().len(),
@@ -2673,14 +2774,44 @@ fn eval_and_transfer_report_per_attribute_and_intersectional_gaps() {
     );
     let r = &report["runs"][0];
     let cells = r["tasks"]["task0"]["dp_gap"].as_f64().unwrap();
+    let finite = |v: &Value, what: &str| -> f64 {
+        let x = v
+            .as_f64()
+            .unwrap_or_else(|| panic!("{what}: not a number: {v}"));
+        assert!(x.is_finite(), "{what}: {x}");
+        x
+    };
     for a in ["s", "s2"] {
-        let gap = r["attributes"][a]["task0"]["dp_gap"].as_f64().unwrap();
+        let gap = r["attributes"][a]["tasks"]["task0"]["dp_gap"]
+            .as_f64()
+            .unwrap();
         assert!(
             (0.0..=cells + 1e-12).contains(&gap),
             "{a}: {gap} vs cells {cells}"
         );
         assert!(report["summary"][format!("task0.dp_gap:{a}")]["mean"].is_number());
+        // The attribute's leakage: both probes' AUCs, both divergences with p-values.
+        let l = &r["attributes"][a]["leakage"];
+        for probe in ["logistic_auc", "mlp_auc"] {
+            let auc = finite(&l[probe]["auc"], &format!("{a} {probe}"));
+            assert!((0.0..=1.0).contains(&auc), "{a} {probe}: {auc}");
+        }
+        for d in ["mmd2", "sinkhorn"] {
+            assert!(finite(&l[d]["value"], &format!("{a} {d}")) >= 0.0, "{l}");
+            let p = finite(&l[d]["p_value"], &format!("{a} {d} p"));
+            assert!(p > 0.0 && p <= 1.0, "{a} {d}: {p}");
+        }
+        assert_eq!(l["z_scale"], r["leakage"]["z_scale"], "{a}");
+        for key in ["mlp_auc", "logistic_auc", "mmd2", "mmd2_p", "sinkhorn_p"] {
+            let s = &report["summary"][format!("leakage.{key}:{a}")]["mean"];
+            finite(s, &format!("summary leakage.{key}:{a}"));
+        }
     }
+    // Two binary attributes: neither is the cells (4 groups), so their divergences differ.
+    assert_ne!(
+        r["attributes"]["s"]["leakage"]["mmd2"]["value"],
+        r["leakage"]["mmd2"]["value"]
+    );
     // transfer: each head's result and cell summary carry the attributes' gaps.
     let config = transfer_config(
         &dir,
@@ -2690,7 +2821,9 @@ fn eval_and_transfer_report_per_attribute_and_intersectional_gaps() {
     assert_ok(&out);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
-        table.contains("DP gap:s") && table.contains("DP gap:s2"),
+        table.contains("DP gap:s")
+            && table.contains("DP gap:s2")
+            && table.contains("per attribute"),
         "{table}"
     );
     let report = read_json(&run.join("transfer.json"));
@@ -2698,14 +2831,124 @@ fn eval_and_transfer_report_per_attribute_and_intersectional_gaps() {
     let head = &cell["runs"][0];
     let cells = head["dp_gap"].as_f64().unwrap();
     for a in ["s", "s2"] {
-        let gap = head["attributes"][a]["dp_gap"].as_f64().unwrap();
+        let attr = &head["attributes"][a];
+        let gap = attr["dp_gap"].as_f64().unwrap();
         assert!(
             (0.0..=cells + 1e-12).contains(&gap),
             "{a}: {gap} vs cells {cells}"
         );
+        for key in ["dp_gap", "w1_bound", "mmd_bound"] {
+            finite(
+                &cell["summary"][format!("{key}:{a}")]["mean"],
+                &format!("summary {key}:{a}"),
+            );
+        }
+        // The attribute's bounds bound its own score gap. The 200 test rows are within
+        // bounds.max_points (500), so both bounds hold on the split itself: exactly for the
+        // linear head's W1 side, up to twice the interpolation residual for the MMD side.
+        let score_gap = finite(&attr["score_gap"], &format!("{a} score_gap"));
+        let w1_bound = finite(&attr["w1_bound"], &format!("{a} w1_bound"));
         assert!(
-            cell["summary"][format!("dp_gap:{a}")]["mean"].is_number(),
-            "{cell}"
+            score_gap <= w1_bound + 1e-9,
+            "{a}: {score_gap} > {w1_bound}"
+        );
+        let mmd = &attr["mmd_bound"];
+        let (bound, residual) = (
+            finite(&mmd["bound"], &format!("{a} mmd bound")),
+            finite(&mmd["residual"], &format!("{a} mmd residual")),
+        );
+        assert!(
+            score_gap <= bound + 2.0 * residual + 1e-9,
+            "{a}: {score_gap} > {mmd}"
+        );
+        let w1 = finite(
+            &report["w1"][0]["attributes"][a]["value"],
+            &format!("{a} w1"),
+        );
+        let lipschitz = finite(&head["score_lipschitz"], "score_lipschitz");
+        assert!(
+            (w1_bound - lipschitz * w1).abs() <= 1e-9 * w1_bound.max(1.0),
+            "{a}: {w1_bound} vs {lipschitz} x {w1}"
+        );
+    }
+}
+
+/// The JSON paths of a report, arrays as `[]`.
+fn json_paths(value: &Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                json_paths(v, &format!("{prefix}.{k}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                json_paths(v, &format!("{prefix}[]"), out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_string());
+        }
+    }
+}
+
+#[test]
+fn one_attribute_reports_keep_their_layout() {
+    // The per-attribute audits add nothing to a one-attribute run's reports: eval.json and
+    // transfer.json have the paths they had before them (tests/fixtures), and no summary key
+    // names an attribute.
+    let dir = scratch("attributes_one_layout");
+    let run = train_held_out(&dir, "one", 5.0, &[]);
+    let eval_out = dir.join("eval.json");
+    let out = fairrep(
+        &dir,
+        &[
+            "eval",
+            "--from",
+            run.to_str().unwrap(),
+            "--device",
+            "flex",
+            "--permutations",
+            "19",
+            "--sinkhorn-permutations",
+            "4",
+            "--max-points",
+            "200",
+            "--out",
+            eval_out.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(':'));
+    let config = transfer_config(&dir, "[data]\ntasks = [\"task1\"]\n");
+    let out = transfer_cmd(&dir, &run, &config, &[]);
+    assert_ok(&out);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("per attribute"));
+    let fixture = read_json(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/one_attribute_report_paths.json"),
+    );
+    for (name, path) in [
+        ("eval.json", eval_out),
+        ("transfer.json", run.join("transfer.json")),
+    ] {
+        let mut got = std::collections::BTreeSet::new();
+        json_paths(&read_json(&path), "", &mut got);
+        let want: std::collections::BTreeSet<String> = fixture[name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            got.difference(&want).collect::<Vec<_>>(),
+            Vec::<&String>::new(),
+            "{name}: new paths"
+        );
+        assert_eq!(
+            want.difference(&got).collect::<Vec<_>>(),
+            Vec::<&String>::new(),
+            "{name}: missing paths"
         );
     }
 }

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "common/png_check.rs"]
+mod png_check;
+
 fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("fairrep-sweep-cli")
@@ -192,6 +195,8 @@ fn a_sweep_writes_six_rows_and_a_front_and_a_second_invocation_runs_nothing() {
     }
     let svg = std::fs::read_to_string(sweep.join("front.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<circle"));
+    // The PNG beside it: decodes, twice the size, blue points, red front, green rings.
+    png_check::assert_png_beside(&sweep.join("front.svg"), 8);
     let report = std::fs::read_to_string(sweep.join("report.md")).unwrap();
     assert!(
         report.contains("6 finished runs in 3 configurations"),
@@ -266,6 +271,7 @@ fn shards_collected_give_the_rows_of_the_unsharded_sweep() {
     ok(&out);
     assert_same_rows(rows, &read_rows(&dir.join("sweep")));
     assert!(dir.join("sweep/front.svg").exists());
+    png_check::assert_png_beside(&dir.join("sweep/front.svg"), 8);
 }
 
 #[test]

@@ -11,7 +11,9 @@
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::activation;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 /// Slope of the negative part of [`Activation::LeakyRelu`].
@@ -282,8 +284,8 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// The representation `z = h(x)`. Dropout is active only on an autodiff device in training
-    /// mode (see [`Module::valid`]).
+    /// The representation `z = h(x)`, without dropout: what evaluation, transfer and export
+    /// read. Training goes through [`Encoder::forward_train`].
     ///
     /// # Shapes
     /// - `x`: `[n, n_features]`
@@ -291,11 +293,80 @@ impl Encoder {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let mut h = x;
         for layer in &self.hidden {
-            h = self
-                .dropout
-                .forward(self.activation.apply(layer.forward(h)));
+            h = self.activation.apply(layer.forward(h));
         }
         self.out.forward(h)
+    }
+
+    /// The representation with dropout after each hidden layer, its masks drawn from
+    /// `masks`. Dropout is applied only where a backward pass can follow: on an autodiff device,
+    /// with the layer in training mode (see [`Module::valid`]) and a positive probability;
+    /// otherwise this is [`Encoder::forward`] and draws nothing.
+    ///
+    /// # Shapes
+    /// - `x`: `[n, n_features]`
+    /// - output: `[n, latent]`
+    pub fn forward_train(&self, x: Tensor<2>, masks: &mut DropoutMasks) -> Tensor<2> {
+        let prob = self.dropout.prob;
+        let active = prob > 0.0 && self.dropout.training.is_enabled() && x.device().is_autodiff();
+        let mut h = x;
+        for layer in &self.hidden {
+            h = self.activation.apply(layer.forward(h));
+            if active {
+                let device = h.device();
+                let [n, width] = h.dims();
+                h = h * masks.draw([n, width], 1.0 - prob, &device);
+            }
+        }
+        self.out.forward(h)
+    }
+}
+
+/// The dropout masks of a training run, drawn from fairrep's own seeded stream (ChaCha8) on the
+/// host and then copied to the device.
+///
+/// burn's `Dropout` draws one value at a time through its backend's random tensor; on the CPU
+/// that was most of a penalty-free training step's forward pass. A stream of our own fills a
+/// whole mask at once, and makes the masks of a run depend only on its seed and the order of its
+/// steps, so they are the same on every device.
+///
+/// A kept unit is scaled by `1 / keep` (inverted dropout: the expectation is unchanged), a
+/// dropped one is zero. Each 32-bit draw `u` keeps its unit when `u < round(keep * 2^32)`.
+#[derive(Debug, Clone)]
+pub struct DropoutMasks {
+    rng: ChaCha8Rng,
+    draws: Vec<u32>,
+}
+
+impl DropoutMasks {
+    /// A stream seeded with `seed`; the same seed gives the same masks, mask after mask.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            draws: Vec::new(),
+        }
+    }
+
+    /// The next mask of `shape`, each entry `1 / keep` with probability `keep` and 0
+    /// otherwise, as a constant tensor on `device`. `keep` is in `(0, 1]`.
+    pub fn draw(&mut self, shape: [usize; 2], keep: f64, device: &Device) -> Tensor<2> {
+        Tensor::from_data(
+            TensorData::new(self.values(shape[0] * shape[1], keep), shape),
+            device,
+        )
+    }
+
+    /// The next `len` mask values (see [`DropoutMasks::draw`]).
+    pub fn values(&mut self, len: usize, keep: f64) -> Vec<f32> {
+        debug_assert!(keep > 0.0 && keep <= 1.0, "keep probability {keep}");
+        let threshold = (keep * 4_294_967_296.0).round() as u64;
+        let scale = (1.0 / keep) as f32;
+        self.draws.resize(len, 0);
+        self.rng.fill(&mut self.draws[..]);
+        self.draws
+            .iter()
+            .map(|&u| if u64::from(u) < threshold { scale } else { 0.0 })
+            .collect()
     }
 }
 
@@ -381,13 +452,22 @@ impl FairModel {
         self.encoder.forward(x)
     }
 
-    /// The representation and every head's output.
+    /// The representation and every head's output, without dropout.
     ///
     /// # Shapes
     /// - `x`: `[n, n_features]`
     /// - output: `latent` `[n, latent]`, `logits` `T x [n, 1]`
     pub fn forward(&self, x: Tensor<2>) -> FairModelOutput {
-        let latent = self.encode(x);
+        self.with_heads(self.encode(x))
+    }
+
+    /// [`FairModel::forward`] for a training step: the encoder's dropout masks come from
+    /// `masks` (see [`Encoder::forward_train`]).
+    pub fn forward_train(&self, x: Tensor<2>, masks: &mut DropoutMasks) -> FairModelOutput {
+        self.with_heads(self.encoder.forward_train(x, masks))
+    }
+
+    fn with_heads(&self, latent: Tensor<2>) -> FairModelOutput {
         let logits = self
             .heads
             .iter()
@@ -499,20 +579,82 @@ mod tests {
         device.seed(1);
         let model = cfg.init(&device);
         let x = input(16, 5, &device);
-        // Validation mode: deterministic.
-        let valid = model.valid();
-        let x_plain = x.clone().without_autodiff();
-        let v1 = values(valid.encode(x_plain.clone()));
-        let v2 = values(valid.encode(x_plain));
-        assert_eq!(v1, v2);
-        // Training mode: two draws differ, and the same seed reproduces a draw.
-        device.seed(3);
-        let t1 = values(model.encode(x.clone()));
-        let t2 = values(model.encode(x.clone()));
-        device.seed(3);
-        let t3 = values(model.encode(x));
+        let plain = values(model.encode(x.clone()));
+        // Training mode: two draws differ, the same seed reproduces a draw, and a draw is not
+        // the plain forward.
+        let mut masks = DropoutMasks::new(3);
+        let t1 = values(model.encoder.forward_train(x.clone(), &mut masks));
+        let t2 = values(model.encoder.forward_train(x.clone(), &mut masks));
+        let t3 = values(
+            model
+                .encoder
+                .forward_train(x.clone(), &mut DropoutMasks::new(3)),
+        );
         assert_ne!(t1, t2);
         assert_eq!(t1, t3);
+        assert_ne!(t1, plain);
+        // Validation mode, a device without autodiff, or a zero probability: the plain
+        // forward, and nothing is drawn from the stream.
+        let untouched = || DropoutMasks::new(3).values(64, 0.5);
+        let valid = model.valid();
+        let x_plain = x.clone().without_autodiff();
+        let mut masks = DropoutMasks::new(3);
+        assert_eq!(
+            values(valid.encoder.forward_train(x_plain.clone(), &mut masks)),
+            values(valid.encode(x_plain))
+        );
+        assert_eq!(masks.values(64, 0.5), untouched());
+        let frozen = model.clone().freeze();
+        let mut masks = DropoutMasks::new(3);
+        let _ = frozen.encoder.forward_train(x.clone(), &mut masks);
+        assert_eq!(masks.values(64, 0.5), untouched());
+        cfg.dropout = 0.0;
+        device.seed(1);
+        let no_dropout = cfg.init(&device);
+        let mut masks = DropoutMasks::new(3);
+        assert_eq!(
+            values(no_dropout.encoder.forward_train(x.clone(), &mut masks)),
+            values(no_dropout.encode(x))
+        );
+        assert_eq!(masks.values(64, 0.5), untouched());
+    }
+
+    #[test]
+    fn dropout_masks_keep_the_stated_share_and_the_expectation() {
+        for keep in [0.9, 0.5, 0.25] {
+            let n = 200_000;
+            let mask = DropoutMasks::new(11).values(n, keep);
+            let scale = (1.0 / keep) as f32;
+            assert!(mask.iter().all(|&m| m == 0.0 || m == scale));
+            let kept = mask.iter().filter(|&&m| m != 0.0).count() as f64 / n as f64;
+            // Binomial share: 6 standard deviations.
+            let sd = (keep * (1.0 - keep) / n as f64).sqrt();
+            assert!((kept - keep).abs() < 6.0 * sd, "keep {keep}: kept {kept}");
+            let mean = mask.iter().map(|&m| f64::from(m)).sum::<f64>() / n as f64;
+            assert!(
+                (mean - 1.0).abs() < 6.0 * sd / keep,
+                "keep {keep}: mean {mean}"
+            );
+        }
+        // keep = 1 keeps everything, unscaled.
+        assert!(
+            DropoutMasks::new(5)
+                .values(1000, 1.0)
+                .iter()
+                .all(|&m| m == 1.0)
+        );
+    }
+
+    #[test]
+    fn dropout_gradient_is_the_mask() {
+        let device = Device::flex().autodiff();
+        let shape = [8, 6];
+        let mask = DropoutMasks::new(4).draw(shape, 0.5, &device);
+        let x = Tensor::<2>::from_data(TensorData::new(vec![0.3f32; 48], shape), &device)
+            .require_grad();
+        let grads = (x.clone() * mask.clone()).sum().backward();
+        let grad = x.grad(&grads).expect("x is tracked");
+        assert_eq!(values(grad), values(mask));
     }
 
     #[test]

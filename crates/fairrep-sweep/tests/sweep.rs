@@ -381,6 +381,7 @@ fn fronts_and_rules_choose_on_validation_only() {
         2,
         "one front line per panel"
     );
+    assert_front_png(&svg);
     let md = fairrep_sweep::report::markdown(&a, rows.len(), &[]);
     assert!(
         md.contains(
@@ -405,4 +406,50 @@ fn every_shipped_sweep_plans() {
         }
     }
     assert!(n >= 1, "no sweep in {}", dir.display());
+}
+
+/// Decodes a PNG into its size and RGBA pixels.
+fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<[u8; 4]>) {
+    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgba);
+    buf.truncate(info.buffer_size());
+    let pixels = buf
+        .chunks_exact(4)
+        .map(|p| [p[0], p[1], p[2], p[3]])
+        .collect();
+    (info.width, info.height, pixels)
+}
+
+/// The front plot's PNG: twice the SVG's 920 x 344, the points (blue), the front (red) and
+/// the rings of the chosen configurations (green) drawn, and the left panel's x label drawn
+/// where the SVG puts it (centred at x = 253, baseline y = 312, 11 units high): that region
+/// is blank once the SVG's text is removed.
+fn assert_front_png(svg: &str) {
+    let (width, height, pixels) = decode_png(&fairrep_train::raster::png_from_svg(svg).unwrap());
+    assert_eq!((width, height), (1840, 688));
+    for rgb in [[0x1f, 0x77, 0xb4], [0xd6, 0x27, 0x28], [0x2c, 0xa0, 0x2c]] {
+        assert!(
+            pixels.contains(&[rgb[0], rgb[1], rgb[2], 255]),
+            "colour {rgb:?} not drawn"
+        );
+    }
+    let inked = |pixels: &[[u8; 4]]| {
+        (604..630)
+            .flat_map(|y| (420..592).map(move |x| (x, y)))
+            .filter(|&(x, y)| pixels[y * width as usize + x] != [255, 255, 255, 255])
+            .count()
+    };
+    assert!(inked(&pixels) > 100, "the x label is not drawn");
+    let bare: String = svg
+        .lines()
+        .filter(|l| !l.starts_with("<text"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (_, _, bare) = decode_png(&fairrep_train::raster::png_from_svg(&bare).unwrap());
+    assert_eq!(inked(&bare), 0);
+    assert_ne!(bare, pixels);
 }

@@ -38,7 +38,7 @@ use fairrep_data::fs::{self as fsutil, FsError};
 use fairrep_data::spec::TaskKind;
 use fairrep_data::{DataError, Dataset, Encoding, StratifiedBatches, epoch_seed};
 use fairrep_loss::LossError;
-use fairrep_model::{FairModel, FairModelConfig};
+use fairrep_model::{DropoutMasks, FairModel, FairModelConfig};
 use tracing::{debug, info, warn};
 
 use crate::checkpoint::{self, CheckpointError, RunLock};
@@ -48,6 +48,7 @@ use crate::device::{DeviceError, SelectedDevice, select_device};
 use crate::eval::{EvalError, SplitEval, evaluate, rows_tensor};
 use crate::losses::{bce_with_logits, mse};
 use crate::plot::training_curves;
+use crate::raster;
 use crate::records::{
     BURN_VERSION, BestEpoch, CONFIG_FILE, CURVES_FILE, ConstraintRecord, EpochRecord, EpochTiming,
     MANIFEST_FORMAT, Manifest, SUMMARY_FILE, Summary, TrainLosses, TrainPenaltyDiagnostics,
@@ -472,7 +473,7 @@ impl Session {
         let ad = self.selected.device.clone().autodiff();
         let seed = self.cfg.seed();
         let lr = self.cfg.optim.lr_at(epoch);
-        ad.seed(epoch_seed(seed ^ DROPOUT_SALT, epoch as u64));
+        let mut dropout = DropoutMasks::new(epoch_seed(seed ^ DROPOUT_SALT, epoch as u64));
         let batches = batcher.epoch(epoch_seed(seed, epoch as u64));
         let n_batches = batches.len();
         let kinds: Vec<TaskKind> = self.dataset.schema.tasks.iter().map(|t| t.kind).collect();
@@ -528,7 +529,7 @@ impl Session {
                 .map(|y| y.clone().select(0, index.clone()))
                 .collect();
             timing.batches += lap(&mut mark);
-            let out = self.model.forward(x);
+            let out = self.model.forward_train(x, &mut dropout);
             let mut task_loss: Option<Tensor<1>> = None;
             for ((t, logits), targets) in out.logits.into_iter().enumerate().zip(targets) {
                 let loss_t = match kinds[t] {
@@ -760,7 +761,8 @@ impl Session {
             self.lambda = next;
         }
         self.history.push(record);
-        self.write_curves();
+        let stop = self.cfg.file.run.stop_after_epoch == Some(number);
+        self.write_curves(stop);
 
         if is_best {
             self.best = Some(BestEpoch {
@@ -770,7 +772,6 @@ impl Session {
             });
         }
         let every = self.cfg.file.run.checkpoint_every;
-        let stop = self.cfg.file.run.stop_after_epoch == Some(number);
         if is_best || stop || number == epochs || (every > 0 && number.is_multiple_of(every)) {
             let manifest = self.manifest(number);
             let name =
@@ -784,11 +785,20 @@ impl Session {
         Ok(stop)
     }
 
-    /// `curves.svg`, rewritten after every epoch; a failed write is reported, not fatal.
-    fn write_curves(&self) {
+    /// `curves.svg`, rewritten after every epoch, and with `png` its PNG version `curves.png`
+    /// (when the run stops or ends: rendering takes longer than an epoch of a small run); a
+    /// failed write is reported, not fatal.
+    fn write_curves(&self, png: bool) {
         let path = self.run_dir.join(CURVES_FILE);
-        if let Err(e) = fsutil::write_atomic(&path, training_curves(&self.history).as_bytes()) {
+        let svg = training_curves(&self.history);
+        if let Err(e) = fsutil::write_atomic(&path, svg.as_bytes()) {
             warn!("the training curves were not written: {e}");
+        }
+        if png && let Err(e) = raster::write_png_beside(&path, &svg) {
+            warn!(
+                "the PNG of the training curves (`{}`) was not written: {e}",
+                raster::png_path(&path).display()
+            );
         }
     }
 
@@ -1017,7 +1027,7 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome, TrainError> {
             });
         }
     }
-    session.write_curves();
+    session.write_curves(true);
     Ok(TrainOutcome::Finished(Box::new(session.finish(wall)?)))
 }
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 pub(crate) use fairrep_audit::report_path;
 use fairrep_data::fs as fsutil;
+use fairrep_train::raster::PngFile;
 
 use crate::cli::{Cli, Command};
 
@@ -41,4 +42,16 @@ pub(crate) fn write_report<T: serde::Serialize>(path: &Path, report: &T) -> anyh
         .with_context(|| format!("cannot write the report `{}`", path.display()))?;
     eprintln!("report: {}", path.display());
     Ok(())
+}
+
+/// Says where a plot's PNG version (`what`: "front", "plot", ...) was written, or warns that
+/// it was not (its SVG and the results are kept either way).
+pub(crate) fn report_png(what: &str, png: &PngFile) {
+    match png {
+        PngFile::Written(path) => eprintln!("{what} (PNG): {}", path.display()),
+        PngFile::Failed { path, message } => eprintln!(
+            "warning: the PNG of the {what} (`{}`) was not written: {message}",
+            path.display()
+        ),
+    }
 }

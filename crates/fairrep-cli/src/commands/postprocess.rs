@@ -96,6 +96,7 @@ pub(crate) fn run(args: PostprocessArgs) -> anyhow::Result<()> {
     print!("{}", render_curve(&outcome.report));
     eprintln!("post-processor: {}", outcome.report.fit_file.display());
     eprintln!("plot: {}", outcome.report.plot_file.display());
+    super::report_png("plot", &outcome.plot_png);
     eprintln!(
         "report: {}",
         outcome

@@ -21,11 +21,12 @@ use fairrep_sweep::slurm::{SlurmOptions, sbatch_script};
 use fairrep_sweep::spec::run_root;
 use fairrep_sweep::{PlannedRun, Shard, SweepPlan};
 use fairrep_train::checkpoint::RunLock;
+use fairrep_train::raster::PngFile;
 use fairrep_train::records::SUMMARY_FILE;
 
 use crate::cli::{EmitKind, SweepAction, SweepArgs};
 
-/// The front plot, beside the results.
+/// The front plot, beside the results (and its PNG version, `front.png`).
 const FRONT_SVG: &str = "front.svg";
 /// The Markdown report.
 const REPORT_MD: &str = "report.md";
@@ -183,14 +184,18 @@ fn merge(dir: &Path) -> anyhow::Result<usize> {
         return Ok(collected.missing.len());
     }
     let analysis = analyse(&collected.rows, &collected.record.select)?;
-    fsutil::write_atomic(&dir.join(FRONT_SVG), front_svg(&analysis).as_bytes())?;
+    let svg_path = dir.join(FRONT_SVG);
+    let svg = front_svg(&analysis);
+    fsutil::write_atomic(&svg_path, svg.as_bytes())?;
     let report = markdown(&analysis, collected.rows.len(), &collected.missing);
     fsutil::write_atomic(&dir.join(REPORT_MD), report.as_bytes())?;
     eprintln!(
         "front: {}; report: {}",
-        dir.join(FRONT_SVG).display(),
+        svg_path.display(),
         dir.join(REPORT_MD).display()
     );
+    // The PNG comes last: a failure to render it loses neither the SVG nor the report.
+    super::report_png("front", &PngFile::beside(&svg_path, &svg));
     println!("{report}");
     Ok(collected.missing.len())
 }

@@ -3,6 +3,7 @@ use anyhow::Context;
 use fairrep_audit::transfer::{self, TransferConfig, TransferOptions};
 use fairrep_data::fs as fsutil;
 use fairrep_train::device::{DeviceChoice, select_device};
+use fairrep_train::raster::PngFile;
 
 use super::{report_path, write_report};
 use crate::cli::TransferArgs;
@@ -34,8 +35,11 @@ pub(crate) fn run(args: TransferArgs) -> anyhow::Result<()> {
     print!("{}", transfer::render_table(&report));
     let plot = path.with_extension("svg");
     write_report(&path, &report)?;
-    fsutil::write_atomic(&plot, transfer::render_plot(&report).as_bytes())
+    let svg = transfer::render_plot(&report);
+    fsutil::write_atomic(&plot, svg.as_bytes())
         .with_context(|| format!("cannot write the plot `{}`", plot.display()))?;
     eprintln!("trade-off plot: {}", plot.display());
+    // A failure to render the PNG loses neither the report nor the SVG.
+    super::report_png("trade-off plot", &PngFile::beside(&plot, &svg));
     Ok(())
 }
