@@ -16,9 +16,9 @@
 //!   matrices, `O(n m + n^2 + m^2)`.
 //! - **HostTiled**: the same loops with the costs and kernel values computed from the points
 //!   inside each sweep, one cache-sized tile at a time (`crate::host::tiled`); memory
-//!   `O((n + m) d)`. Taken from [`host_tiled_min_pairs`] on: for the MMD where it is faster,
-//!   for the Sinkhorn divergence where the stored matrices grow large (measured, see the
-//!   constants).
+//!   `O((n + m) d)`, plus the truncated softmins' columns for the Sinkhorn divergence
+//!   (bounded, `crate::host::tiled::Truncated`). Taken from [`host_tiled_min_pairs`] on, where
+//!   it is faster (measured, see the constants).
 //! - **Fused**: CubeCL kernels that never store an `n x m` matrix (`crate::fused`), float32
 //!   accumulation; memory `O((n + m) d)`.
 //! - **TensorOps**: burn tensor operations on any device (`crate::tensor_ops`), the reference
@@ -80,17 +80,16 @@ pub const FUSED_MIN_PAIRS_SOFTWARE: usize = 1 << 20;
 
 /// Smallest `n * m` for which the Sinkhorn divergence on a CPU device takes the tiled host
 /// path ([`Path::HostTiled`]) instead of the stored cost matrices ([`Path::Host`])
-/// (n = m = 4096).
+/// (n = m = 512).
 ///
-/// From `bench_divergences --paths host,host-tiled` (value + gradient, float32, d = 16,
-/// eps = 0.1, tolerance 1e-3, 2 cores, quiet machine; docs/BENCHMARKS.md), time tiled / stored:
-/// 1.71x at n = m = 1024, 1.43x at 2048, 1.40x at 4096 (CPU time 1.24x), with peak memory
-/// 17 / 41, 18 / 114 and 21 / 403 MiB. A tiled sweep computes every cost again (`d`
-/// multiply-adds per entry, as many operations as the exponential), so the stored matrices stay
-/// faster while they fit in memory; but they grow as `n m` (about 2.4 GiB at 10,000, 60 GiB at
-/// 50,000), so from 4096 on, where the time lost is 1.4x and the memory saved 19x, the tiled
-/// path is taken.
-pub const HOST_TILED_MIN_PAIRS_SINKHORN: usize = 4096 * 4096;
+/// From `bench_divergences --path host` and `--path host-tiled` (value + gradient, float32,
+/// d = 16, eps = 0.1, scaling 0.9, tolerance 1e-3, 2 cores, quiet machine;
+/// docs/BENCHMARKS.md), wall time stored / tiled: 0.42x at n = m = 128, 1.16x at 256, 1.17x at
+/// 512, 1.58x at 1024, 2.25x at 2048, with peak memory 20 / 16 MiB at 512 and 113 / 24 MiB at
+/// 2048. The tiled sweep computes every cost again, but its softmins at the target eps sum
+/// only the columns that can matter (`crate::host::tiled::Truncated`), which the stored path
+/// does not; from 512 on (256 is within the noise) it is faster and smaller.
+pub const HOST_TILED_MIN_PAIRS_SINKHORN: usize = 512 * 512;
 
 /// Smallest `n * m` for which the MMD on a CPU device takes the tiled host path (n = m =
 /// 1024). Measured as [`HOST_TILED_MIN_PAIRS_SINKHORN`] with three bandwidths, time tiled /
@@ -258,7 +257,30 @@ pub fn estimated_bytes(kind: Kind, path: Path, [n, m, d]: [usize; 3], elem_bytes
             12 * (n + m) * d + padded + 24 * (n + m) + threads * tile + column_sums
         }
     };
-    u64::try_from(elems * elem_bytes as u128).unwrap_or(u64::MAX)
+    let bytes = u64::try_from(elems * elem_bytes as u128).unwrap_or(u64::MAX);
+    bytes.saturating_add(truncation_bytes(
+        kind,
+        path,
+        [n as usize, m as usize],
+        elem_bytes,
+    ))
+}
+
+/// The truncated softmins of the Sinkhorn divergence on [`Path::HostTiled`]
+/// (`crate::host::tiled::Truncated`): each of the four pairs' sets at its limit, and the lists
+/// each thread holds while a set is built (at most the share limit of its tile's entries).
+fn truncation_bytes(kind: Kind, path: Path, [n, m]: [usize; 2], elem_bytes: usize) -> u64 {
+    use crate::host::tiled::{TILE_ROWS, truncated_entry_bytes, truncated_max_entries};
+    if (kind, path) != (Kind::Sinkhorn, Path::HostTiled) {
+        return 0;
+    }
+    let threads = rayon::current_num_threads();
+    let entries = [(n, m), (m, n), (n, n), (m, m)]
+        .iter()
+        .map(|&(rows, cols)| truncated_max_entries(rows, cols) as u64)
+        .sum::<u64>()
+        .saturating_add(threads as u64 * truncated_max_entries(TILE_ROWS, n.max(m)) as u64);
+    entries.saturating_mul(truncated_entry_bytes(elem_bytes))
 }
 
 /// The memory available to this process for new allocations (Linux): `MemAvailable` of
@@ -400,12 +422,16 @@ mod tests {
         // Host: 6 n m + 3 (n^2 + m^2) = 1.2e9 floats of 4 bytes.
         assert_eq!(host, 4 * (6 * 100_000_000 + 3 * 200_000_000));
         assert!(fused < 20_000_000, "{fused}");
-        // The tiled host path is linear in the points: 10^4 points in 16 dimensions need a few
-        // MB, 10^6 (a million-fold more pairs) under 2 GiB.
+        // The tiled host path is linear in the points, plus the Sinkhorn divergence's truncated
+        // softmins, capped: 10^4 points in 16 dimensions need under 300 MB for the Sinkhorn
+        // divergence (its sets at their caps), 10^6 (a million-fold more pairs) under 2 GiB
+        // for both divergences.
         let tiled = estimated_bytes(Kind::Sinkhorn, Path::HostTiled, dims, 4);
-        assert!(tiled < 20_000_000, "{tiled}");
-        let big = estimated_bytes(Kind::Mmd, Path::HostTiled, [1_000_000, 1_000_000, 16], 4);
-        assert!(big < 2 << 30, "{big}");
+        assert!(tiled < 300_000_000, "{tiled}");
+        for kind in [Kind::Mmd, Kind::Sinkhorn] {
+            let big = estimated_bytes(kind, Path::HostTiled, [1_000_000, 1_000_000, 16], 4);
+            assert!(big < 2 << 30, "{big}");
+        }
         // 10^6 points cannot fit in any machine on the host path.
         let huge = [1_000_000, 1_000_000, 16];
         let e = check_memory(Kind::Sinkhorn, Path::Host, &Device::flex(), huge, 4);

@@ -8,9 +8,7 @@ use burn::tensor::Tensor;
 use crate::config::{LossError, SinkhornConfig};
 use crate::cost::squared_distances;
 use crate::kernel::unbiased_self_term;
-use crate::solver::{
-    Pair, Problem, SoftminOp, SolveOutput, TrackedSoftmin, solve_with_acceleration,
-};
+use crate::solver::{Pair, Problem, SoftminOp, SolveOutput, TrackedSoftmin, solve_relaxed};
 
 /// `softmin_eps(C, h)_i = -eps * LSE_j(h_j - C_ij / eps)`, stabilised with the row maximum.
 ///
@@ -150,17 +148,7 @@ pub(crate) fn solve(problem: &Problem, config: &SinkhornConfig) -> Result<SolveO
         costs: Costs::new(&problem.x, &problem.y),
         scaled: None,
     };
-    // Relaxed steps at the target eps, not Anderson's: its least-squares problem is solved on
-    // the host at every iteration, which on a device path reads the potentials back each
-    // step, and in float32 it stalled short of tight tolerances (docs/MATH.md).
-    solve_with_acceleration(
-        &mut op,
-        problem.schedule_diameter(),
-        (&problem.a, &problem.b),
-        problem.same,
-        config,
-        false,
-    )
+    solve_relaxed(&mut op, problem, config)
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use crate::cost::uniform_weights;
 use crate::kernel::{resolve_bandwidths, unbiased_self_term};
 use crate::solver::{
     Pair, Problem, SinkhornOutput, SoftminOp, SolveOutput, TrackedSoftmin, final_value,
-    solve_with_acceleration,
+    solve_relaxed,
 };
 
 /// Output of [`fused_softmin`].
@@ -144,15 +144,7 @@ pub(crate) fn solve(problem: &Problem, config: &SinkhornConfig) -> Result<SolveO
         x: problem.x.clone(),
         y: problem.y.clone(),
     };
-    // Relaxed steps at the target eps, as on the tensor-op path (`tensor_ops::solve`).
-    solve_with_acceleration(
-        &mut op,
-        problem.schedule_diameter(),
-        (&problem.a, &problem.b),
-        problem.same,
-        config,
-        false,
-    )
+    solve_relaxed(&mut op, problem, config)
 }
 
 /// The divergence through the fused softmin: the loop on detached tensors, then the last step

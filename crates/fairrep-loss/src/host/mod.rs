@@ -17,6 +17,40 @@
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use rayon::prelude::*;
 
+/// The elementwise operations of `crate::solver::SolverOps` on host vectors (`Vec<F>`), the
+/// same for every host implementation of the softmins: their bodies inside an `impl
+/// SolverOps`.
+macro_rules! host_vector_ops {
+    () => {
+        fn relax(&self, old: &Vec<F>, new: Vec<F>, w: f64) -> Vec<F> {
+            $crate::host::sinkhorn::relax_host(old, new, w)
+        }
+
+        fn log_weights(&self, w: &Vec<F>) -> Vec<F> {
+            $crate::host::sinkhorn::log_weights_host(w)
+        }
+
+        fn marginal_errors(&self, eps: f64, terms: &[(&Vec<F>, &Vec<F>, &Vec<F>)]) -> Vec<f64> {
+            $crate::host::sinkhorn::marginal_errors_host(eps, terms)
+        }
+
+        fn combine(&self, terms: &[(f64, &Vec<F>)]) -> Vec<F> {
+            $crate::host::sinkhorn::combine_host(terms)
+        }
+
+        fn weighted_dots(&self, w: &Vec<F>, pairs: &[(&Vec<F>, &Vec<F>)]) -> Vec<f64> {
+            $crate::host::sinkhorn::weighted_dots_host(w, pairs)
+        }
+
+        fn weighted_sums(&self, terms: &[(&Vec<F>, &Vec<F>)]) -> Vec<f64> {
+            $crate::host::sinkhorn::weighted_sums_host(terms)
+        }
+
+        fn add_constant(&self, v: &Vec<F>, c: f64) -> Vec<F> {
+            $crate::host::sinkhorn::add_constant_host(v, c)
+        }
+    };
+}
 pub(crate) mod mmd;
 pub(crate) mod sinkhorn;
 pub(crate) mod tiled;
@@ -35,6 +69,9 @@ pub(crate) trait HostFloat:
 {
     const ZERO: Self;
     const NEG_INFINITY: Self;
+    /// Half the distance from 1 to the next larger number: the largest relative error of one
+    /// rounding.
+    const UNIT_ROUNDOFF: f64;
     fn of(v: f64) -> Self;
     fn get(self) -> f64;
     fn ln(self) -> Self;
@@ -48,6 +85,7 @@ pub(crate) trait HostFloat:
 impl HostFloat for f32 {
     const ZERO: Self = 0.0;
     const NEG_INFINITY: Self = f32::NEG_INFINITY;
+    const UNIT_ROUNDOFF: f64 = f32::EPSILON as f64 / 2.0;
 
     fn of(v: f64) -> Self {
         v as f32
@@ -102,6 +140,7 @@ impl HostFloat for f32 {
 impl HostFloat for f64 {
     const ZERO: Self = 0.0;
     const NEG_INFINITY: Self = f64::NEG_INFINITY;
+    const UNIT_ROUNDOFF: f64 = f64::EPSILON / 2.0;
 
     fn of(v: f64) -> Self {
         v

@@ -73,25 +73,7 @@ impl<F: HostFloat> SolverOps for HostSoftmin<F> {
         }
     }
 
-    fn relax(&self, old: &Vec<F>, new: Vec<F>, w: f64) -> Vec<F> {
-        relax_host(old, new, w)
-    }
-
-    fn log_weights(&self, w: &Vec<F>) -> Vec<F> {
-        log_weights_host(w)
-    }
-
-    fn marginal_errors(&self, eps: f64, terms: &[(&Vec<F>, &Vec<F>, &Vec<F>)]) -> Vec<f64> {
-        marginal_errors_host(eps, terms)
-    }
-
-    fn combine(&self, terms: &[(f64, &Vec<F>)]) -> Vec<F> {
-        combine_host(terms)
-    }
-
-    fn weighted_dots(&self, w: &Vec<F>, pairs: &[(&Vec<F>, &Vec<F>)]) -> Vec<f64> {
-        weighted_dots_host(w, pairs)
-    }
+    host_vector_ops!();
 }
 
 /// `(1 - w) old + w new` on host vectors (`crate::solver::SolverOps::relax`).
@@ -152,6 +134,20 @@ pub(super) fn weighted_dots_host<F: HostFloat>(w: &[F], pairs: &[(&Vec<F>, &Vec<
                 .sum()
         })
         .collect()
+}
+
+/// `sum_i w_i v_i` for each `(w, v)` of `terms` on host vectors, in float64
+/// (`crate::solver::SolverOps::weighted_sums`).
+pub(super) fn weighted_sums_host<F: HostFloat>(terms: &[(&Vec<F>, &Vec<F>)]) -> Vec<f64> {
+    terms
+        .iter()
+        .map(|(w, v)| w.iter().zip(v.iter()).map(|(w, v)| w.get() * v.get()).sum())
+        .collect()
+}
+
+/// `v + c` on a host vector, in float64 before rounding (`crate::solver::SolverOps::add_constant`).
+pub(super) fn add_constant_host<F: HostFloat>(v: &[F], c: f64) -> Vec<F> {
+    v.iter().map(|v| F::of(v.get() + c)).collect()
 }
 
 /// The host loop's solution with what the last step needs: the cost matrices and the weights.

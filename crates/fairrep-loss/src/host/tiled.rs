@@ -11,6 +11,11 @@
 //!   maximum and sum, rescaled when the maximum grows) and, for the last step, the running
 //!   barycentre `sum_j P_ij q_j` of the row-normalised plan, from which the envelope gradient
 //!   `a_i (xbar_i - ybar_i)` follows without any plan being stored;
+//! - Sinkhorn at the target eps ([`Truncated`]): a sweep over every column also keeps, per
+//!   row, the columns whose terms can matter at float precision; the next softmins of that
+//!   pair sum those alone ([`softmin_truncated`], a gather of a few percent of the columns)
+//!   while the potential has not moved enough to change which terms matter, with a bound
+//!   that keeps the dropped mass below the sum's own rounding (docs/MATH.md);
 //! - MMD ([`kernel_tiled`]): the weighted kernel sums and, for the gradient, the row sums
 //!   `r_i = sum_j L_ij v_j` and `w_i = sum_j L_ij v_j q_j` of the bandwidth-weighted kernel `L`.
 //!
@@ -22,9 +27,6 @@
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::sinkhorn::{
-    combine_host, log_weights_host, marginal_errors_host, relax_host, weighted_dots_host,
-};
 use super::{HostFloat, LANES, host_vec, max_of, sum_of, to_tensor, with_gradients};
 use crate::config::{LossError, SinkhornConfig};
 use crate::solver::{Pair, Problem, SinkhornOutput, SolveOutput, SolverOps, solve_with};
@@ -269,6 +271,7 @@ pub(crate) fn softmin_tiled<F: HostFloat>(
             h,
             out,
             bary,
+            keep: None,
         });
     };
     if barycentres {
@@ -285,7 +288,7 @@ pub(crate) fn softmin_tiled<F: HostFloat>(
 }
 
 /// One row block of [`softmin_tiled`], compiled for the instruction set `pulp` dispatches to.
-struct SoftminTile<'a, F> {
+struct SoftminTile<'a, 'k, F> {
     eps: f64,
     rows: &'a Cloud<F>,
     cols: &'a Cloud<F>,
@@ -293,9 +296,11 @@ struct SoftminTile<'a, F> {
     h: &'a [F],
     out: &'a mut [F],
     bary: Option<&'a mut [F]>,
+    /// Where a building sweep collects the columns of [`Truncated`].
+    keep: Option<&'a mut Keep<'k, F>>,
 }
 
-impl<F: HostFloat> pulp::WithSimd for SoftminTile<'_, F> {
+impl<F: HostFloat> pulp::WithSimd for SoftminTile<'_, '_, F> {
     type Output = ();
 
     #[inline(always)]
@@ -308,6 +313,7 @@ impl<F: HostFloat> pulp::WithSimd for SoftminTile<'_, F> {
             h,
             out,
             mut bary,
+            keep,
         } = self;
         let (d, m, count) = (rows.d, cols.len(), out.len());
         let width = tile_cols(d);
@@ -353,12 +359,456 @@ impl<F: HostFloat> pulp::WithSimd for SoftminTile<'_, F> {
             }
             c0 += w;
         }
+        if let Some(keep) = keep {
+            keep.sweep((rows, r0, p), cols, h, (eps, &maxes), &mut tile);
+        }
         let neg_eps = F::of(-eps);
         for (r, o) in out.iter_mut().enumerate() {
             *o = neg_eps * (maxes[r] + sums[r].ln());
             if let Some(bary) = bary.as_deref_mut() {
                 let scale = F::of(1.0 / sums[r].get());
                 for a in &mut bary[r * d..(r + 1) * d] {
+                    *a = *a * scale;
+                }
+            }
+        }
+    }
+}
+
+/// Truncation of the softmins at the target eps: the columns of each row whose exponent
+/// `z_ij = h_j - C_ij / eps` was within `theta` of the row's largest `M_i` in the sweep that
+/// built it (from `h0`), with their costs. While `h` has moved from `h0` by a spread
+/// `D = max_j (h_j - h0_j) - min_j (h_j - h0_j)` of at most [`TRUNCATION_MARGIN`], every
+/// dropped term is below `exp(D - theta)` times the row's largest (the largest column is kept,
+/// and moved by at least the smallest shift); with `theta = ln m + ln(1 / u) +`
+/// [`TRUNCATION_MARGIN`] (`u` the unit roundoff of the type), the dropped terms together are
+/// below `u` times the row's sum: less than the rounding of that sum itself. A softmin from
+/// such `h` at the same eps sums the kept columns alone ([`softmin_truncated`]); any other
+/// sweeps every column and builds the set again (docs/MATH.md, "Truncated softmins").
+#[derive(Debug)]
+pub(crate) struct Truncated<F> {
+    eps: f64,
+    h0: Vec<F>,
+    /// Row `i`'s columns are `cols[offsets[i]..offsets[i + 1]]`, their costs in `costs`.
+    offsets: Vec<usize>,
+    cols: Vec<u32>,
+    costs: Vec<F>,
+}
+
+/// The largest cost `max_ij |p_i - q_j|^2 / 2` between the clouds `rows` and `cols` (0 when
+/// either is empty): one sweep of the inner products, without exponentials.
+pub(crate) fn largest_cost<F: HostFloat>(rows: &Cloud<F>, cols: &Cloud<F>) -> f64 {
+    if cols.len() == 0 {
+        return 0.0;
+    }
+    let arch = pulp::Arch::new();
+    (0..rows.len().div_ceil(TILE_ROWS))
+        .into_par_iter()
+        .map(|t| {
+            let r0 = t * TILE_ROWS;
+            let count = TILE_ROWS.min(rows.len() - r0);
+            arch.dispatch(LargestCostTile {
+                rows,
+                cols,
+                r0,
+                count,
+            })
+        })
+        .reduce(|| 0.0, f64::max)
+}
+
+/// One row block of [`largest_cost`], compiled for the instruction set `pulp` dispatches to.
+struct LargestCostTile<'a, F> {
+    rows: &'a Cloud<F>,
+    cols: &'a Cloud<F>,
+    r0: usize,
+    count: usize,
+}
+
+impl<F: HostFloat> pulp::WithSimd for LargestCostTile<'_, F> {
+    type Output = f64;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> f64 {
+        let Self {
+            rows,
+            cols,
+            r0,
+            count,
+        } = self;
+        let (d, m) = (rows.d, cols.len());
+        let width = tile_cols(d);
+        let p = &rows.points[r0 * d..(r0 + count) * d];
+        let mut tile = vec![F::ZERO; count * width.min(m)];
+        // Per row, the largest `|q_j|^2 - 2 <p_i, q_j>`; `|p_i|^2` is added at the end.
+        let mut largest = vec![F::NEG_INFINITY; count];
+        let mut c0 = 0;
+        while c0 < m {
+            let w = width.min(m - c0);
+            let g = &mut tile[..count * w];
+            gram_tile((p, count), d, &cols.transposed, m, c0, w, g);
+            for (r, z) in g.chunks_exact_mut(w).enumerate() {
+                for (z, &sq) in z.iter_mut().zip(&cols.sq[c0..c0 + w]) {
+                    *z = sq - (*z + *z);
+                }
+                let row_max = max_of(z);
+                if row_max > largest[r] {
+                    largest[r] = row_max;
+                }
+            }
+            c0 += w;
+        }
+        largest
+            .iter()
+            .enumerate()
+            .map(|(r, &l)| 0.5 * (rows.sq[r0 + r].get() + l.get()))
+            .fold(0.0, f64::max)
+    }
+}
+
+/// Where the truncation of one pair's softmins stands.
+#[derive(Debug, Default)]
+enum Truncation<F> {
+    /// No set yet.
+    #[default]
+    Unset,
+    /// The set of the last sweep over every column.
+    Set(Truncated<F>),
+    /// The set at this eps exceeded its limits: the softmins at this eps sweep every column
+    /// without trying again.
+    GaveUp(f64),
+}
+
+/// The spread of the column shifts `h - h0` a [`Truncated`] set allows, in units of the
+/// exponent.
+pub(crate) const TRUNCATION_MARGIN: f64 = 20.0;
+
+/// The largest share of the `n m` entries a [`Truncated`] set keeps: above it the set is not
+/// kept (its gathers would cost about as much as the dense sweep).
+const TRUNCATION_MAX_SHARE: usize = 8;
+
+/// Bytes of one entry of a [`Truncated`] set: a `u32` column index and a cost of `elem_bytes`.
+pub(crate) fn truncated_entry_bytes(elem_bytes: usize) -> u64 {
+    (std::mem::size_of::<u32>() + elem_bytes) as u64
+}
+
+/// The largest number of entries of a [`Truncated`] set of `rows x cols` softmins.
+pub(crate) fn truncated_max_entries(rows: usize, cols: usize) -> usize {
+    TRUNCATION_MAX_ENTRIES.min(rows.saturating_mul(cols) / TRUNCATION_MAX_SHARE)
+}
+
+/// The largest number of entries of one [`Truncated`] set (`2^23`: 64 MiB of column indices
+/// and costs in float32, 96 MiB in float64); above it the set is not kept.
+pub(crate) const TRUNCATION_MAX_ENTRIES: usize = 1 << 23;
+
+impl<F: HostFloat> Truncated<F> {
+    /// The exponent gap below each row's largest term that a set keeps, for `m` columns.
+    fn theta(m: usize) -> f64 {
+        (m.max(1) as f64).ln() + (1.0 / F::UNIT_ROUNDOFF).ln() + TRUNCATION_MARGIN
+    }
+
+    /// Whether the set serves the softmin at `eps` from `h`: same eps, a shift spread of at
+    /// most [`TRUNCATION_MARGIN`] (false for any non-finite shift).
+    fn covers(&self, eps: f64, h: &[F]) -> bool {
+        if eps != self.eps || h.len() != self.h0.len() {
+            return false;
+        }
+        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        for (h, h0) in h.iter().zip(&self.h0) {
+            let shift = h.get() - h0.get();
+            if !shift.is_finite() {
+                return false;
+            }
+            lo = lo.min(shift);
+            hi = hi.max(shift);
+        }
+        hi - lo <= TRUNCATION_MARGIN
+    }
+}
+
+/// Columns a building sweep tests at once for entries of [`Truncated`].
+const KEEP_BLOCK: usize = 8;
+
+/// The columns one tile of a building sweep keeps (see [`Truncated`]), found by a second
+/// sweep of the tile once each row's largest exponent is known.
+struct Keep<'a, F> {
+    theta: F,
+    /// Entries kept by all tiles so far, against [`TRUNCATION_MAX_ENTRIES`] and the share
+    /// limit.
+    total: &'a std::sync::atomic::AtomicUsize,
+    cap: usize,
+    given_up: &'a std::sync::atomic::AtomicBool,
+    /// Per row of the tile, its number of entries; then their columns and costs, row by row.
+    counts: Vec<usize>,
+    cols: Vec<u32>,
+    costs: Vec<F>,
+}
+
+impl<'a, F: HostFloat> Keep<'a, F> {
+    fn new(
+        theta: F,
+        (total, cap): (&'a std::sync::atomic::AtomicUsize, usize),
+        given_up: &'a std::sync::atomic::AtomicBool,
+    ) -> Self {
+        Self {
+            theta,
+            total,
+            cap,
+            given_up,
+            counts: Vec::new(),
+            cols: Vec::new(),
+            costs: Vec::new(),
+        }
+    }
+
+    fn give_up(&self) {
+        self.given_up
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The entries of the tile's rows `p` (from `r0`) within `theta` of their largest
+    /// exponents `maxes`: the exponents recomputed chunk by chunk as the first sweep did
+    /// (the same products, the same rounding), blocks of [`KEEP_BLOCK`] columns without any
+    /// entry skipped, the others compacted without branches. Per row, the entries of all
+    /// chunks are gathered in `rows_cols` / `rows_costs` before being appended in row order.
+    #[inline(always)]
+    fn sweep(
+        &mut self,
+        (rows, r0, p): (&Cloud<F>, usize, &[F]),
+        cols: &Cloud<F>,
+        h: &[F],
+        (eps, maxes): (f64, &[F]),
+        tile: &mut [F],
+    ) {
+        if maxes.iter().any(|m| !m.get().is_finite()) {
+            self.give_up();
+            return;
+        }
+        let (d, m, count) = (rows.d, cols.len(), maxes.len());
+        let width = tile_cols(d);
+        let (inv, half) = (F::of(1.0 / eps), F::of(0.5));
+        let floors: Vec<F> = maxes.iter().map(|&m| m - self.theta).collect();
+        let mut per_row: Vec<Vec<(u32, F)>> = vec![Vec::new(); count];
+        let mut c0 = 0;
+        while c0 < m {
+            if self.given_up.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            let w = width.min(m - c0);
+            let g = &mut tile[..count * w];
+            gram_tile((p, count), d, &cols.transposed, m, c0, w, g);
+            let (sq_cols, h_cols) = (&cols.sq[c0..c0 + w], &h[c0..c0 + w]);
+            for (r, z) in g.chunks_exact_mut(w).enumerate() {
+                let sq_row = rows.sq[r0 + r];
+                let floor = floors[r];
+                // The costs in `z`; the exponents tested block by block.
+                for (z, &sq) in z.iter_mut().zip(sq_cols) {
+                    let dist = sq_row + sq - (*z + *z);
+                    *z = if dist > F::ZERO { dist * half } else { F::ZERO };
+                }
+                let list = &mut per_row[r];
+                for (b, (costs, h)) in z
+                    .chunks(KEEP_BLOCK)
+                    .zip(h_cols.chunks(KEEP_BLOCK))
+                    .enumerate()
+                {
+                    let any = costs
+                        .iter()
+                        .zip(h)
+                        .fold(0u8, |any, (&c, &h)| any | u8::from(h - c * inv >= floor));
+                    if any == 0 {
+                        continue;
+                    }
+                    let mut k = list.len();
+                    list.resize(k + costs.len(), (0, F::ZERO));
+                    let j0 = c0 + b * KEEP_BLOCK;
+                    for (j, (&c, &h)) in costs.iter().zip(h).enumerate() {
+                        list[k] = ((j0 + j) as u32, c);
+                        k += usize::from(h - c * inv >= floor);
+                    }
+                    list.truncate(k);
+                }
+            }
+            // A tile whose rows keep more than the share limit gives the set up (and bounds
+            // the lists held here).
+            if per_row.iter().map(Vec::len).sum::<usize>() > count * m / TRUNCATION_MAX_SHARE {
+                self.give_up();
+                return;
+            }
+            c0 += w;
+        }
+        let kept: usize = per_row.iter().map(Vec::len).sum();
+        let total = self
+            .total
+            .fetch_add(kept, std::sync::atomic::Ordering::Relaxed)
+            + kept;
+        if total > self.cap {
+            self.give_up();
+            return;
+        }
+        self.cols.reserve(kept);
+        self.costs.reserve(kept);
+        for list in per_row {
+            self.counts.push(list.len());
+            for (j, c) in list {
+                self.cols.push(j);
+                self.costs.push(c);
+            }
+        }
+    }
+}
+
+/// [`softmin_tiled`] (without barycentres) that also builds the [`Truncated`] set of this
+/// softmin; `None` in its place when the set would exceed its limits or a row's maximum is
+/// not finite.
+pub(crate) fn softmin_tiled_truncating<F: HostFloat>(
+    eps: f64,
+    rows: &Cloud<F>,
+    cols: &Cloud<F>,
+    h: &[F],
+) -> (Vec<F>, Option<Truncated<F>>) {
+    let (n, m) = (rows.len(), cols.len());
+    let mut out = vec![F::ZERO; n];
+    if m == 0 || n == 0 {
+        return (out, None);
+    }
+    let theta = F::of(Truncated::<F>::theta(m));
+    let cap = truncated_max_entries(n, m);
+    let total = std::sync::atomic::AtomicUsize::new(0);
+    let given_up = std::sync::atomic::AtomicBool::new(false);
+    let arch = pulp::Arch::new();
+    let tiles: Vec<(Vec<usize>, Vec<u32>, Vec<F>)> = out
+        .par_chunks_mut(TILE_ROWS)
+        .enumerate()
+        .map(|(t, out)| {
+            let mut keep = Keep::new(theta, (&total, cap), &given_up);
+            arch.dispatch(SoftminTile {
+                eps,
+                rows,
+                cols,
+                r0: t * TILE_ROWS,
+                h,
+                out,
+                bary: None,
+                keep: Some(&mut keep),
+            });
+            (keep.counts, keep.cols, keep.costs)
+        })
+        .collect();
+    let entries = total.load(std::sync::atomic::Ordering::Relaxed);
+    if given_up.load(std::sync::atomic::Ordering::Relaxed) || entries > cap {
+        return (out, None);
+    }
+    let mut set = Truncated {
+        eps,
+        h0: h.to_vec(),
+        offsets: Vec::with_capacity(n + 1),
+        cols: Vec::with_capacity(entries),
+        costs: Vec::with_capacity(entries),
+    };
+    set.offsets.push(0);
+    for (counts, cols, costs) in tiles {
+        for count in counts {
+            set.offsets
+                .push(set.offsets.last().copied().unwrap_or(0) + count);
+        }
+        set.cols.extend(cols);
+        set.costs.extend(costs);
+    }
+    (out, Some(set))
+}
+
+/// The softmins of [`softmin_tiled`] over the columns of `set` alone, from `h` that `set`
+/// covers ([`Truncated::covers`]), and with `barycentres` (the column cloud) the plan's
+/// barycentres as [`softmin_tiled`] gives them; otherwise the second vector is empty.
+fn softmin_truncated<F: HostFloat>(
+    eps: f64,
+    set: &Truncated<F>,
+    h: &[F],
+    barycentres: Option<&Cloud<F>>,
+) -> (Vec<F>, Vec<F>) {
+    let n = set.offsets.len() - 1;
+    let d = barycentres.map_or(0, |cols| cols.d);
+    let barycentres = barycentres.filter(|_| d > 0);
+    let mut out = vec![F::ZERO; n];
+    let mut bary = vec![F::ZERO; if barycentres.is_some() { n * d } else { 0 }];
+    let arch = pulp::Arch::new();
+    let task = |(t, out): (usize, &mut [F]), bary: &mut [F]| {
+        arch.dispatch(TruncatedRows {
+            eps,
+            set,
+            h,
+            r0: t * TILE_ROWS,
+            out,
+            bary: barycentres.map(|cols| (cols, bary)),
+        });
+    };
+    if barycentres.is_some() {
+        out.par_chunks_mut(TILE_ROWS)
+            .enumerate()
+            .zip(bary.par_chunks_mut(TILE_ROWS * d))
+            .for_each(|(o, b)| task(o, b));
+    } else {
+        out.par_chunks_mut(TILE_ROWS)
+            .enumerate()
+            .for_each(|o| task(o, &mut []));
+    }
+    (out, bary)
+}
+
+/// One row block of [`softmin_truncated`], compiled for the instruction set `pulp`
+/// dispatches to: each row's kept exponents gathered, then the maximum, the exponentials and
+/// their sum over the row reductions' lanes, and the barycentre of the kept columns' points.
+struct TruncatedRows<'a, F> {
+    eps: f64,
+    set: &'a Truncated<F>,
+    h: &'a [F],
+    r0: usize,
+    out: &'a mut [F],
+    bary: Option<(&'a Cloud<F>, &'a mut [F])>,
+}
+
+impl<F: HostFloat> pulp::WithSimd for TruncatedRows<'_, F> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let Self {
+            eps,
+            set,
+            h,
+            r0,
+            out,
+            mut bary,
+        } = self;
+        let (inv, neg_eps) = (F::of(1.0 / eps), F::of(-eps));
+        let mut z = Vec::new();
+        for (r, o) in out.iter_mut().enumerate() {
+            let range = set.offsets[r0 + r]..set.offsets[r0 + r + 1];
+            let cols = &set.cols[range.clone()];
+            z.clear();
+            z.extend(
+                cols.iter()
+                    .zip(&set.costs[range])
+                    .map(|(&j, &c)| h[j as usize] - c * inv),
+            );
+            let max = max_of(&z);
+            for z in z.iter_mut() {
+                *z = (*z - max).exp_nonpositive();
+            }
+            let sum = sum_of(&z);
+            *o = neg_eps * (max + sum.ln());
+            if let Some((cloud, bary)) = bary.as_mut() {
+                let d = cloud.d;
+                let acc = &mut bary[r * d..(r + 1) * d];
+                for (&j, &e) in cols.iter().zip(&z) {
+                    let q = &cloud.points[j as usize * d..(j as usize + 1) * d];
+                    for (a, &q) in acc.iter_mut().zip(q) {
+                        *a = e.mul_add(q, *a);
+                    }
+                }
+                let scale = F::of(1.0 / sum.get());
+                for a in acc.iter_mut() {
                     *a = *a * scale;
                 }
             }
@@ -378,6 +828,10 @@ pub(crate) struct TiledSoftmin<F> {
     /// The pooled centre minus each cloud's own (to move barycentres between centrings).
     x_shift: Vec<f64>,
     y_shift: Vec<f64>,
+    /// The eps whose softmins are truncated ([`Truncated`]; the target eps), if any.
+    truncate_at: Option<f64>,
+    /// The truncation of each pair's softmins (in the order of [`Pair`]'s variants).
+    truncated: [std::sync::Mutex<Truncation<F>>; 4],
 }
 
 impl<F: HostFloat> TiledSoftmin<F> {
@@ -393,7 +847,15 @@ impl<F: HostFloat> TiledSoftmin<F> {
             y_own: Cloud::new(y, &cy, m, d),
             x_shift: shift(&cx),
             y_shift: shift(&cy),
+            truncate_at: None,
+            truncated: Default::default(),
         }
+    }
+
+    /// Truncates the softmins at `eps` (see [`Truncated`]).
+    pub(crate) fn truncating_at(mut self, eps: f64) -> Self {
+        self.truncate_at = Some(eps);
+        self
     }
 
     fn clouds(&self, pair: Pair) -> (&Cloud<F>, &Cloud<F>) {
@@ -415,10 +877,37 @@ impl<F: HostFloat> TiledSoftmin<F> {
         pot: &[F],
         barycentres: bool,
     ) -> (Vec<F>, Vec<F>) {
-        let (rows, cols) = self.clouds(pair);
         let inv = F::of(1.0 / eps);
         let h: Vec<F> = log_w.iter().zip(pot).map(|(&l, &p)| l + p * inv).collect();
-        softmin_tiled(eps, rows, cols, &h, barycentres)
+        self.softmin_of(eps, pair, &h, barycentres)
+    }
+
+    /// The softmin of `pair` from the exponents' column part `h`: over the pair's
+    /// [`Truncated`] set where it covers `h`, otherwise a sweep over every column, which
+    /// (at the truncated eps, without barycentres) builds the set again.
+    fn softmin_of(&self, eps: f64, pair: Pair, h: &[F], barycentres: bool) -> (Vec<F>, Vec<F>) {
+        let (rows, cols) = self.clouds(pair);
+        if self.truncate_at != Some(eps) {
+            return softmin_tiled(eps, rows, cols, h, barycentres);
+        }
+        let mut slot = self.truncated[pair as usize]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*slot {
+            Truncation::Set(set) if set.covers(eps, h) => {
+                return softmin_truncated(eps, set, h, barycentres.then_some(cols));
+            }
+            Truncation::GaveUp(at) if *at == eps => {
+                return softmin_tiled(eps, rows, cols, h, barycentres);
+            }
+            _ => {}
+        }
+        if barycentres {
+            return softmin_tiled(eps, rows, cols, h, barycentres);
+        }
+        let (out, set) = softmin_tiled_truncating(eps, rows, cols, h);
+        *slot = set.map_or(Truncation::GaveUp(eps), Truncation::Set);
+        (out, Vec::new())
     }
 }
 
@@ -428,35 +917,16 @@ impl<F: HostFloat> SolverOps for TiledSoftmin<F> {
     fn prepare(&mut self, _eps: f64) {}
 
     fn softmin(&self, eps: f64, pair: Pair, log_w: &Vec<F>, pot: Option<&Vec<F>>) -> Vec<F> {
-        let (rows, cols) = self.clouds(pair);
         match pot {
             Some(pot) => {
                 self.softmin_with_barycentres(eps, pair, log_w, pot, false)
                     .0
             }
-            None => softmin_tiled(eps, rows, cols, log_w, false).0,
+            None => self.softmin_of(eps, pair, log_w, false).0,
         }
     }
 
-    fn relax(&self, old: &Vec<F>, new: Vec<F>, w: f64) -> Vec<F> {
-        relax_host(old, new, w)
-    }
-
-    fn log_weights(&self, w: &Vec<F>) -> Vec<F> {
-        log_weights_host(w)
-    }
-
-    fn marginal_errors(&self, eps: f64, terms: &[(&Vec<F>, &Vec<F>, &Vec<F>)]) -> Vec<f64> {
-        marginal_errors_host(eps, terms)
-    }
-
-    fn combine(&self, terms: &[(f64, &Vec<F>)]) -> Vec<F> {
-        combine_host(terms)
-    }
-
-    fn weighted_dots(&self, w: &Vec<F>, pairs: &[(&Vec<F>, &Vec<F>)]) -> Vec<f64> {
-        weighted_dots_host(w, pairs)
-    }
+    host_vector_ops!();
 }
 
 /// The tiled solve: the clouds and weights read to the host, the shared loop.
@@ -474,17 +944,16 @@ impl<F: HostFloat> TiledSolution<F> {
             host_vec::<F, 2>(problem.x.clone()),
             host_vec(problem.y.clone()),
         );
-        let mut op = TiledSoftmin::new((&x, n), (&y, m), d);
+        let mut op = TiledSoftmin::new((&x, n), (&y, m), d).truncating_at(config.eps);
         drop((x, y));
         let (a, b) = (host_vec(problem.a.clone()), host_vec(problem.b.clone()));
-        let solved = solve_with(
-            &mut op,
-            problem.schedule_diameter(),
-            &a,
-            &b,
-            problem.same,
-            config,
-        )?;
+        // The schedule starts at the largest cost itself (MATH.md), measured in one sweep of
+        // the inner products: the bound of `Problem::schedule_diameter` is about twice it for
+        // Gaussian clouds in 16 dimensions, four eps of scaling 0.9 more. Rounded up by a
+        // relative 1e-3 against the rounding of the float32 inner products.
+        let largest = largest_cost(&op.x_pooled, &op.y_pooled) * (1.0 + 1e-3);
+        let diameter = problem.schedule_diameter().min((2.0 * largest).sqrt());
+        let solved = solve_with(&mut op, diameter, &a, &b, problem.same, config)?;
         Ok(Self { op, a, b, solved })
     }
 }
@@ -960,5 +1429,158 @@ mod tests {
                 assert!((bary[i * d + c] - b).abs() < 1e-12, "row {i}: {b}");
             }
         }
+    }
+
+    #[test]
+    fn largest_cost_is_the_largest_pairwise_cost() {
+        for (n, m, d) in [(1, 1, 1), (70, 1300, 4), (5, 17, 3), (9, 40, 16)] {
+            let (x, y) = (cloud(n, d, 7, 0.0), cloud(m, d, 13, 0.4));
+            let centre = centre_of(&[&x, &y], d);
+            let (xc, yc) = (Cloud::new(&x, &centre, n, d), Cloud::new(&y, &centre, m, d));
+            let want = (0..n * m)
+                .map(|k| {
+                    let (i, j) = (k / m, k % m);
+                    (0..d)
+                        .map(|c| (x[i * d + c] - y[j * d + c]).powi(2))
+                        .sum::<f64>()
+                        / 2.0
+                })
+                .fold(0.0, f64::max);
+            let got = largest_cost(&xc, &yc);
+            assert!(
+                (got - want).abs() <= 1e-12 * want.max(1.0),
+                "{got} vs {want}"
+            );
+        }
+    }
+
+    /// The state of one pair's truncation: `Some(h0)` with a set, `None` without one, and
+    /// whether the last build gave up.
+    fn truncation_of<F: HostFloat>(op: &TiledSoftmin<F>, pair: Pair) -> (Option<Vec<F>>, bool) {
+        match &*op.truncated[pair as usize].lock().unwrap() {
+            Truncation::Set(set) => (Some(set.h0.clone()), false),
+            Truncation::GaveUp(_) => (None, true),
+            Truncation::Unset => (None, false),
+        }
+    }
+
+    /// The softmins from a truncated set equal the full sweep's within rounding, with the
+    /// barycentres, while the potential moves by less than the margin; beyond it the set is
+    /// built again; at a temperature where the plans are dense, no set is kept and the sweep
+    /// covers every column. Float64 (1e-12) and float32 (1e-5 of the exponents' scale).
+    #[test]
+    fn truncated_softmins_match_the_full_sweep() {
+        fn check<F: HostFloat>(tol: f64) {
+            let (n, m, d) = (300, 1100, 3);
+            let (x, y) = (cloud(n, d, 3, 0.0), cloud(m, d, 17, 0.2));
+            let (xf, yf): (Vec<F>, Vec<F>) = (
+                x.iter().map(|&v| F::of(v)).collect(),
+                y.iter().map(|&v| F::of(v)).collect(),
+            );
+            let eps = 0.0005;
+            let full = TiledSoftmin::new((&xf, n), (&yf, m), d);
+            let cut = TiledSoftmin::new((&xf, n), (&yf, m), d).truncating_at(eps);
+            let log_b: Vec<F> = vec![F::of(-(m as f64).ln()); m];
+            // A potential with structure across the columns, then moved by a spread of 12
+            // (under the margin) and of 30 (over it), in units of the exponent.
+            let g0: Vec<F> = (0..m).map(|j| F::of(0.01 * ((j % 13) as f64))).collect();
+            let moved = |spread: f64| -> Vec<F> {
+                g0.iter()
+                    .enumerate()
+                    .map(|(j, g)| F::of(g.get() + eps * spread * ((j % 5) as f64) / 4.0))
+                    .collect()
+            };
+            let close = |a: &[F], b: &[F], what: &str| {
+                for (i, (a, b)) in a.iter().zip(b).enumerate() {
+                    let (a, b) = (a.get(), b.get());
+                    assert!(
+                        (a - b).abs() <= tol * b.abs().max(1.0),
+                        "{what} {i}: {a} vs {b}"
+                    );
+                }
+            };
+            // First call: a full sweep that builds the set.
+            let first = cut
+                .softmin_with_barycentres(eps, Pair::XY, &log_b, &g0, false)
+                .0;
+            let want = full
+                .softmin_with_barycentres(eps, Pair::XY, &log_b, &g0, false)
+                .0;
+            close(&first, &want, "building sweep");
+            let (h0, gave_up) = truncation_of(&cut, Pair::XY);
+            let h0 = h0.unwrap_or_else(|| panic!("a set at this eps (gave up: {gave_up})"));
+            let kept = match &*cut.truncated[Pair::XY as usize].lock().unwrap() {
+                Truncation::Set(set) => set.cols.len(),
+                _ => unreachable!(),
+            };
+            assert!(kept < n * m / 8, "the plans are sparse at this eps: {kept}");
+            for spread in [0.0, 12.0] {
+                let g = moved(spread);
+                let (got, bary) = cut.softmin_with_barycentres(eps, Pair::XY, &log_b, &g, true);
+                let (want, want_bary) =
+                    full.softmin_with_barycentres(eps, Pair::XY, &log_b, &g, true);
+                close(&got, &want, "truncated softmin");
+                close(&bary, &want_bary, "truncated barycentre");
+                assert_eq!(
+                    truncation_of(&cut, Pair::XY).0.as_ref(),
+                    Some(&h0),
+                    "{spread}"
+                );
+            }
+            let g = moved(30.0);
+            let got = cut
+                .softmin_with_barycentres(eps, Pair::XY, &log_b, &g, false)
+                .0;
+            let want = full
+                .softmin_with_barycentres(eps, Pair::XY, &log_b, &g, false)
+                .0;
+            close(&got, &want, "rebuilt");
+            assert_ne!(
+                truncation_of(&cut, Pair::XY).0.as_ref(),
+                Some(&h0),
+                "built again"
+            );
+            // Another eps: no truncation. A large truncated eps: every row keeps most
+            // columns, the set is given up and the sweeps cover everything.
+            let other = cut
+                .softmin_with_barycentres(2.0 * eps, Pair::XY, &log_b, &g0, false)
+                .0;
+            let want = full
+                .softmin_with_barycentres(2.0 * eps, Pair::XY, &log_b, &g0, false)
+                .0;
+            close(&other, &want, "another eps");
+            let wide = TiledSoftmin::new((&xf, n), (&yf, m), d).truncating_at(10.0);
+            for _ in 0..2 {
+                let got = wide
+                    .softmin_with_barycentres(10.0, Pair::XY, &log_b, &g0, false)
+                    .0;
+                let want = full
+                    .softmin_with_barycentres(10.0, Pair::XY, &log_b, &g0, false)
+                    .0;
+                close(&got, &want, "given up");
+                assert_eq!(truncation_of(&wide, Pair::XY), (None, true));
+            }
+        }
+        check::<f64>(1e-12);
+        check::<f32>(1e-5);
+    }
+
+    #[test]
+    fn a_set_covers_only_its_eps_and_finite_shifts_within_the_margin() {
+        let set = Truncated::<f64> {
+            eps: 0.1,
+            h0: vec![0.0, 1.0, -2.0],
+            offsets: vec![0, 0],
+            cols: Vec::new(),
+            costs: Vec::new(),
+        };
+        let m = TRUNCATION_MARGIN;
+        assert!(set.covers(0.1, &[5.0, 6.0, 3.0]), "a constant shift");
+        assert!(set.covers(0.1, &[0.0, 1.0 + m, -2.0]));
+        assert!(!set.covers(0.1, &[0.0, 1.0 + m + 1e-9, -2.0]));
+        assert!(!set.covers(0.2, &[0.0, 1.0, -2.0]), "another eps");
+        assert!(!set.covers(0.1, &[0.0, f64::NAN, -2.0]));
+        assert!(!set.covers(0.1, &[0.0, f64::INFINITY, -2.0]));
+        assert!(!set.covers(0.1, &[0.0, 1.0]), "another length");
     }
 }
