@@ -569,8 +569,8 @@ impl<'a, F: HostFloat> Keep<'a, F> {
     /// The entries of the tile's rows `p` (from `r0`) within `theta` of their largest
     /// exponents `maxes`: the exponents recomputed chunk by chunk as the first sweep did
     /// (the same products, the same rounding), blocks of [`KEEP_BLOCK`] columns without any
-    /// entry skipped, the others compacted without branches. Per row, the entries of all
-    /// chunks are gathered in `rows_cols` / `rows_costs` before being appended in row order.
+    /// entry skipped, the others compacted without branches. Each row's entries are gathered
+    /// over all chunks, then appended in row order.
     #[inline(always)]
     fn sweep(
         &mut self,
@@ -659,8 +659,8 @@ impl<'a, F: HostFloat> Keep<'a, F> {
 }
 
 /// [`softmin_tiled`] (without barycentres) that also builds the [`Truncated`] set of this
-/// softmin; `None` in its place when the set would exceed its limits or a row's maximum is
-/// not finite.
+/// softmin; `None` in its place when the set would exceed its limits, a row's maximum is not
+/// finite, or the columns do not fit the `u32` indices.
 pub(crate) fn softmin_tiled_truncating<F: HostFloat>(
     eps: f64,
     rows: &Cloud<F>,
@@ -668,10 +668,10 @@ pub(crate) fn softmin_tiled_truncating<F: HostFloat>(
     h: &[F],
 ) -> (Vec<F>, Option<Truncated<F>>) {
     let (n, m) = (rows.len(), cols.len());
-    let mut out = vec![F::ZERO; n];
-    if m == 0 || n == 0 {
-        return (out, None);
+    if m == 0 || n == 0 || u32::try_from(m).is_err() {
+        return (softmin_tiled(eps, rows, cols, h, false).0, None);
     }
+    let mut out = vec![F::ZERO; n];
     let theta = F::of(Truncated::<F>::theta(m));
     let cap = truncated_max_entries(n, m);
     let total = std::sync::atomic::AtomicUsize::new(0);
