@@ -1130,6 +1130,18 @@ mod tests {
         evaluated: std::cell::RefCell<Vec<Vec<f64>>>,
     }
 
+    /// The settings of the scripted solves: eps 1, tolerance 1e-3, at most 40 iterations at
+    /// the target, the relaxed steps checked every 2.
+    fn scripted_config() -> SinkhornConfig {
+        SinkhornConfig {
+            eps: 1.0,
+            tolerance: 1e-3,
+            max_iters: 40,
+            check_every: 2,
+            ..SinkhornConfig::default()
+        }
+    }
+
     impl Scripted {
         /// The cross errors of the successive checks, nothing evaluated yet.
         fn new(cross_errors: impl IntoIterator<Item = f64>) -> Self {
@@ -1210,13 +1222,7 @@ mod tests {
 
     #[test]
     fn anderson_steps_whose_error_grows_fall_back_to_plain_steps() {
-        let config = SinkhornConfig {
-            eps: 1.0,
-            tolerance: 1e-3,
-            max_iters: 40,
-            check_every: 2,
-            ..SinkhornConfig::default()
-        };
+        let config = scripted_config();
         // Target iterations: 1 and 2 are plain steps (one evaluation in the history, then
         // two: 3 is extrapolated); 3's error grows (0.7 after 0.5): rejected, the history
         // cleared, 4 is the plain step from 2's iterate; 4 and 5 plain, 6 extrapolated and
@@ -1253,13 +1259,7 @@ mod tests {
 
     #[test]
     fn a_stalled_anderson_phase_hands_over_to_the_relaxed_steps() {
-        let config = SinkhornConfig {
-            eps: 1.0,
-            tolerance: 1e-3,
-            max_iters: 40,
-            check_every: 2,
-            ..SinkhornConfig::default()
-        };
+        let config = scripted_config();
         // Every extrapolated iterate improves on the one before (no rejection), but none on
         // the first error: after ANDERSON_STALL such iterations, at iteration 11, the relaxed
         // steps take over, checked every 2 iterations (1e-4 at 13: converged).

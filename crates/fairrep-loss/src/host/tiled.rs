@@ -201,6 +201,15 @@ fn gram_tile<F: HostFloat>(
     }
 }
 
+/// The cost `max(|p|^2 + |q|^2 - 2 <p, q>, 0) / 2` from the squared norms and the inner
+/// product (`half` = 1/2 in the type): the one expansion of every Sinkhorn sweep, so that a
+/// set-building sweep's exponents are bit for bit those of the sweep before it.
+#[inline(always)]
+fn cost_of<F: HostFloat>(sq_row: F, sq: F, dot: F, half: F) -> F {
+    let dist = sq_row + sq - (dot + dot);
+    if dist > F::ZERO { dist * half } else { F::ZERO }
+}
+
 /// `acc += p q`, one register block row.
 #[inline(always)]
 fn multiply_add<F: HostFloat>(acc: &mut [F; BLOCK_COLS], p: F, q: &[F; BLOCK_COLS]) {
@@ -333,9 +342,7 @@ impl<F: HostFloat> pulp::WithSimd for SoftminTile<'_, '_, F> {
                 let sq_row = rows.sq[r0 + r];
                 // z_j = h_j - C_ij / eps, with C_ij = max(|p|^2 + |q|^2 - 2 <p, q>, 0) / 2.
                 for ((z, &sq), &h) in z.iter_mut().zip(sq_cols).zip(h_cols) {
-                    let dist = sq_row + sq - (*z + *z);
-                    let cost = if dist > F::ZERO { dist * half } else { F::ZERO };
-                    *z = h - cost * inv;
+                    *z = h - cost_of(sq_row, sq, *z, half) * inv;
                 }
                 let chunk_max = max_of(z);
                 let old = maxes[r];
@@ -603,8 +610,7 @@ impl<'a, F: HostFloat> Keep<'a, F> {
                 let floor = floors[r];
                 // The costs in `z`; the exponents tested block by block.
                 for (z, &sq) in z.iter_mut().zip(sq_cols) {
-                    let dist = sq_row + sq - (*z + *z);
-                    *z = if dist > F::ZERO { dist * half } else { F::ZERO };
+                    *z = cost_of(sq_row, sq, *z, half);
                 }
                 let list = &mut per_row[r];
                 for (b, (costs, h)) in z
