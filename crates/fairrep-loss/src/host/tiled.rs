@@ -210,6 +210,32 @@ fn cost_of<F: HostFloat>(sq_row: F, sq: F, dot: F, half: F) -> F {
     if dist > F::ZERO { dist * half } else { F::ZERO }
 }
 
+/// For a self pair (`rows` and `cols` one cloud), a lower bound of the largest exponent of each
+/// of the `count` rows from `r0`: the diagonal exponent `h_i - C_ii / eps`, computed as the
+/// sweep computes it (the same products in the same order, [`cost_of`]), less one unit
+/// against any difference in rounding. `-inf` for other pairs.
+fn self_seeds<F: HostFloat>(
+    rows: &Cloud<F>,
+    cols: &Cloud<F>,
+    r0: usize,
+    count: usize,
+    h: &[F],
+    eps: f64,
+) -> Vec<F> {
+    if !std::ptr::eq(rows, cols) {
+        return vec![F::NEG_INFINITY; count];
+    }
+    let (d, inv, half) = (rows.d, F::of(1.0 / eps), F::of(0.5));
+    (r0..r0 + count)
+        .map(|i| {
+            let p = &rows.points[i * d..(i + 1) * d];
+            let dot = p.iter().fold(F::ZERO, |s, &v| v.mul_add(v, s));
+            let sq = rows.sq[i];
+            h[i] - cost_of(sq, sq, dot, half) * inv - F::of(1.0)
+        })
+        .collect()
+}
+
 /// `acc += p q`, one register block row.
 #[inline(always)]
 fn multiply_add<F: HostFloat>(acc: &mut [F; BLOCK_COLS], p: F, q: &[F; BLOCK_COLS]) {
@@ -329,6 +355,10 @@ impl<F: HostFloat> pulp::WithSimd for SoftminTile<'_, '_, F> {
         let (inv, half) = (F::of(1.0 / eps), F::of(0.5));
         let p = &rows.points[r0 * d..(r0 + count) * d];
         let mut tile = vec![F::ZERO; count * width.min(m)];
+        let mut keep = keep;
+        if let Some(keep) = keep.as_deref_mut() {
+            keep.start(self_seeds(rows, cols, r0, count, h, eps));
+        }
         let mut maxes = vec![F::NEG_INFINITY; count];
         let mut sums = vec![F::ZERO; count];
         let mut scratch = Vec::new();
@@ -340,13 +370,29 @@ impl<F: HostFloat> pulp::WithSimd for SoftminTile<'_, '_, F> {
             let (sq_cols, h_cols) = (&cols.sq[c0..c0 + w], &h[c0..c0 + w]);
             for (r, z) in g.chunks_exact_mut(w).enumerate() {
                 let sq_row = rows.sq[r0 + r];
-                // z_j = h_j - C_ij / eps, with C_ij = max(|p|^2 + |q|^2 - 2 <p, q>, 0) / 2.
-                for ((z, &sq), &h) in z.iter_mut().zip(sq_cols).zip(h_cols) {
-                    *z = h - cost_of(sq_row, sq, *z, half) * inv;
+                // z_j = h_j - C_ij / eps, with C_ij = max(|p|^2 + |q|^2 - 2 <p, q>, 0) / 2;
+                // a building sweep also keeps the costs for the set.
+                match keep.as_deref_mut() {
+                    None => {
+                        for ((z, &sq), &h) in z.iter_mut().zip(sq_cols).zip(h_cols) {
+                            *z = h - cost_of(sq_row, sq, *z, half) * inv;
+                        }
+                    }
+                    Some(keep) => {
+                        let costs = keep.chunk_costs(w);
+                        for (((z, c), &sq), &h) in z.iter_mut().zip(costs).zip(sq_cols).zip(h_cols)
+                        {
+                            *c = cost_of(sq_row, sq, *z, half);
+                            *z = h - *c * inv;
+                        }
+                    }
                 }
                 let chunk_max = max_of(z);
                 let old = maxes[r];
                 let new = if chunk_max > old { chunk_max } else { old };
+                if let Some(keep) = keep.as_deref_mut() {
+                    keep.collect(r, c0, z, new);
+                }
                 for z in z.iter_mut() {
                     *z = (*z - new).exp_nonpositive();
                 }
@@ -364,10 +410,13 @@ impl<F: HostFloat> pulp::WithSimd for SoftminTile<'_, '_, F> {
                 // Every row's terms `exp(z_j - max)` of this chunk are in `g`: `bary += E Q`.
                 accumulate_points(bary, (g, count, w), (cols, c0), &mut scratch);
             }
+            if let Some(keep) = keep.as_deref_mut() {
+                keep.bound(h, eps, &maxes, m);
+            }
             c0 += w;
         }
         if let Some(keep) = keep {
-            keep.sweep((rows, r0, p), cols, h, (eps, &maxes), &mut tile);
+            keep.finish(h, eps, &maxes, m);
         }
         let neg_eps = F::of(-eps);
         for (r, o) in out.iter_mut().enumerate() {
@@ -396,7 +445,15 @@ impl<F: HostFloat> pulp::WithSimd for SoftminTile<'_, '_, F> {
 pub(crate) struct Truncated<F> {
     eps: f64,
     h0: Vec<F>,
-    /// Row `i`'s columns are `cols[offsets[i]..offsets[i + 1]]`, their costs in `costs`.
+    /// The entries of each block of [`TILE_ROWS`] rows, the blocks the sweeps' tasks take, in
+    /// row order: each task keeps its own, so a set is never copied into one array.
+    blocks: Vec<Entries<F>>,
+}
+
+/// The entries of a block of rows: row `r`'s columns are `cols[offsets[r]..offsets[r + 1]]`,
+/// their costs in `costs`.
+#[derive(Debug)]
+struct Entries<F> {
     offsets: Vec<usize>,
     cols: Vec<u32>,
     costs: Vec<F>,
@@ -509,6 +566,17 @@ pub(crate) fn truncated_max_entries(rows: usize, cols: usize) -> usize {
 pub(crate) const TRUNCATION_MAX_ENTRIES: usize = 1 << 23;
 
 impl<F: HostFloat> Truncated<F> {
+    /// The rows of the set's softmins.
+    fn rows(&self) -> usize {
+        self.blocks.iter().map(|b| b.offsets.len() - 1).sum()
+    }
+
+    /// The entries kept.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.blocks.iter().map(|b| b.cols.len()).sum()
+    }
+
     /// The exponent gap below each row's largest term that a set keeps, for `m` columns.
     fn theta(m: usize) -> f64 {
         (m.max(1) as f64).ln() + (1.0 / F::UNIT_ROUNDOFF).ln() + TRUNCATION_MARGIN
@@ -533,11 +601,12 @@ impl<F: HostFloat> Truncated<F> {
     }
 }
 
-/// Columns a building sweep tests at once for entries of [`Truncated`].
-const KEEP_BLOCK: usize = 8;
-
-/// The columns one tile of a building sweep keeps (see [`Truncated`]), found by a second
-/// sweep of the tile once each row's largest exponent is known.
+/// The columns one tile of a building sweep keeps (see [`Truncated`]), collected during the
+/// sweep itself: each chunk's columns within `theta` of the row's running maximum, a superset
+/// of the final entries (that maximum only grows), cut down to the entries within `theta` of
+/// the row's largest exponent once the tile is swept. The test and the kept costs are the
+/// sweep's own exponents and costs, so a set holds exactly the columns that the row's final
+/// maximum selects.
 struct Keep<'a, F> {
     theta: F,
     /// Entries kept by all tiles so far, against [`TRUNCATION_MAX_ENTRIES`] and the share
@@ -545,10 +614,17 @@ struct Keep<'a, F> {
     total: &'a std::sync::atomic::AtomicUsize,
     cap: usize,
     given_up: &'a std::sync::atomic::AtomicBool,
-    /// Per row of the tile, its number of entries; then their columns and costs, row by row.
-    counts: Vec<usize>,
-    cols: Vec<u32>,
+    /// The costs of the row chunk being swept, written by the sweep beside its exponents.
     costs: Vec<F>,
+    /// Per row of the tile, the candidate entries `(column, cost)` so far.
+    rows: Vec<Vec<(u32, F)>>,
+    /// The tile's entries, once it is swept and the set is still within its limits.
+    entries: Option<Entries<F>>,
+    /// One flag per column of the chunk being tested (see [`Keep::collect`]).
+    flags: Vec<u8>,
+    /// Per row of the tile, a lower bound of its largest exponent from before the sweep
+    /// ([`self_seeds`]), which keeps the early chunks' candidates few.
+    seeds: Vec<F>,
 }
 
 impl<'a, F: HostFloat> Keep<'a, F> {
@@ -562,105 +638,134 @@ impl<'a, F: HostFloat> Keep<'a, F> {
             total,
             cap,
             given_up,
-            counts: Vec::new(),
-            cols: Vec::new(),
             costs: Vec::new(),
+            rows: Vec::new(),
+            entries: None,
+            flags: Vec::new(),
+            seeds: Vec::new(),
         }
     }
 
-    fn give_up(&self) {
-        self.given_up
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+    fn stopped(&self) -> bool {
+        self.given_up.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The entries of the tile's rows `p` (from `r0`) within `theta` of their largest
-    /// exponents `maxes`: the exponents recomputed chunk by chunk as the first sweep did
-    /// (the same products, the same rounding), blocks of [`KEEP_BLOCK`] columns without any
-    /// entry skipped, the others compacted without branches. Each row's entries are gathered
-    /// over all chunks, then appended in row order.
+    fn give_up(&mut self) {
+        self.given_up
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.rows = Vec::new();
+    }
+
+    /// A tile starts, with a lower bound of each row's largest exponent (`-inf` where none
+    /// is known).
+    fn start(&mut self, seeds: Vec<F>) {
+        self.rows = vec![Vec::new(); seeds.len()];
+        self.seeds = seeds;
+    }
+
+    /// Where the sweep writes the costs of a row chunk of `w` columns.
+    fn chunk_costs(&mut self, w: usize) -> &mut [F] {
+        self.costs.resize(w, F::ZERO);
+        &mut self.costs[..w]
+    }
+
+    /// Keeps row `r`'s columns from `c0` whose exponents `z` (the costs beside them in
+    /// [`Keep::chunk_costs`]) are within `theta` of the running maximum `max` (or of the row's
+    /// seed, where larger): a flag byte per column from one vectorised comparison, then the set
+    /// flags of each word of eight (most words have none).
     #[inline(always)]
-    fn sweep(
-        &mut self,
-        (rows, r0, p): (&Cloud<F>, usize, &[F]),
-        cols: &Cloud<F>,
-        h: &[F],
-        (eps, maxes): (f64, &[F]),
-        tile: &mut [F],
-    ) {
+    fn collect(&mut self, r: usize, c0: usize, z: &[F], max: F) {
+        if self.rows.is_empty() {
+            return;
+        }
+        let seed = self.seeds[r];
+        let floor = if seed > max { seed } else { max } - self.theta;
+        let list = &mut self.rows[r];
+        let costs = &self.costs[..z.len()];
+        let flags = &mut self.flags;
+        flags.clear();
+        flags.extend(z.iter().map(|&z| u8::from(z >= floor)));
+        let (words, rest) = flags.as_chunks::<8>();
+        for (b, word) in words.iter().enumerate() {
+            let mut bits = u64::from_le_bytes(*word);
+            while bits != 0 {
+                let j = b * 8 + bits.trailing_zeros() as usize / 8;
+                list.push(((c0 + j) as u32, costs[j]));
+                bits &= bits - 1;
+            }
+        }
+        let j0 = words.len() * 8;
+        for (j, &f) in rest.iter().enumerate() {
+            if f != 0 {
+                list.push(((c0 + j0 + j) as u32, costs[j0 + j]));
+            }
+        }
+    }
+
+    /// Each row's candidates cut down to the columns within `theta` of `maxes` (the exponents
+    /// recomputed from `h` and the kept costs, as the sweep computed them).
+    fn cut(&mut self, h: &[F], eps: f64, maxes: &[F]) {
+        let inv = F::of(1.0 / eps);
+        for (list, &max) in self.rows.iter_mut().zip(maxes) {
+            let floor = max - self.theta;
+            list.retain(|&(j, c)| h[j as usize] - c * inv >= floor);
+        }
+    }
+
+    /// After each chunk: when the candidates exceed the tile's share of the `count m` entries
+    /// (`m` columns), they are cut down to the running maxima `maxes`; a tile whose rows
+    /// still keep more than that gives the set up (and bounds the lists held here).
+    fn bound(&mut self, h: &[F], eps: f64, maxes: &[F], m: usize) {
+        if self.rows.is_empty() {
+            return;
+        }
+        if self.stopped() {
+            self.rows = Vec::new();
+            return;
+        }
+        let limit = maxes.len() * m / TRUNCATION_MAX_SHARE;
+        if self.rows.iter().map(Vec::len).sum::<usize>() > limit {
+            self.cut(h, eps, maxes);
+            if self.rows.iter().map(Vec::len).sum::<usize>() > limit {
+                self.give_up();
+            }
+        }
+    }
+
+    /// The tile is swept: its entries are the candidates within `theta` of each row's largest
+    /// exponent `maxes`, unless a maximum is not finite or the set exceeds its limits.
+    fn finish(&mut self, h: &[F], eps: f64, maxes: &[F], m: usize) {
+        if self.rows.is_empty() || self.stopped() {
+            return;
+        }
         if maxes.iter().any(|m| !m.get().is_finite()) {
             self.give_up();
             return;
         }
-        let (d, m, count) = (rows.d, cols.len(), maxes.len());
-        let width = tile_cols(d);
-        let (inv, half) = (F::of(1.0 / eps), F::of(0.5));
-        let floors: Vec<F> = maxes.iter().map(|&m| m - self.theta).collect();
-        let mut per_row: Vec<Vec<(u32, F)>> = vec![Vec::new(); count];
-        let mut c0 = 0;
-        while c0 < m {
-            if self.given_up.load(std::sync::atomic::Ordering::Relaxed) {
-                return;
-            }
-            let w = width.min(m - c0);
-            let g = &mut tile[..count * w];
-            gram_tile((p, count), d, &cols.transposed, m, c0, w, g);
-            let (sq_cols, h_cols) = (&cols.sq[c0..c0 + w], &h[c0..c0 + w]);
-            for (r, z) in g.chunks_exact_mut(w).enumerate() {
-                let sq_row = rows.sq[r0 + r];
-                let floor = floors[r];
-                // The costs in `z`; the exponents tested block by block.
-                for (z, &sq) in z.iter_mut().zip(sq_cols) {
-                    *z = cost_of(sq_row, sq, *z, half);
-                }
-                let list = &mut per_row[r];
-                for (b, (costs, h)) in z
-                    .chunks(KEEP_BLOCK)
-                    .zip(h_cols.chunks(KEEP_BLOCK))
-                    .enumerate()
-                {
-                    let any = costs
-                        .iter()
-                        .zip(h)
-                        .fold(0u8, |any, (&c, &h)| any | u8::from(h - c * inv >= floor));
-                    if any == 0 {
-                        continue;
-                    }
-                    let mut k = list.len();
-                    list.resize(k + costs.len(), (0, F::ZERO));
-                    let j0 = c0 + b * KEEP_BLOCK;
-                    for (j, (&c, &h)) in costs.iter().zip(h).enumerate() {
-                        list[k] = ((j0 + j) as u32, c);
-                        k += usize::from(h - c * inv >= floor);
-                    }
-                    list.truncate(k);
-                }
-            }
-            // A tile whose rows keep more than the share limit gives the set up (and bounds
-            // the lists held here).
-            if per_row.iter().map(Vec::len).sum::<usize>() > count * m / TRUNCATION_MAX_SHARE {
-                self.give_up();
-                return;
-            }
-            c0 += w;
-        }
-        let kept: usize = per_row.iter().map(Vec::len).sum();
+        self.cut(h, eps, maxes);
+        let kept: usize = self.rows.iter().map(Vec::len).sum();
         let total = self
             .total
             .fetch_add(kept, std::sync::atomic::Ordering::Relaxed)
             + kept;
-        if total > self.cap {
+        if total > self.cap || kept > maxes.len() * m / TRUNCATION_MAX_SHARE {
             self.give_up();
             return;
         }
-        self.cols.reserve(kept);
-        self.costs.reserve(kept);
-        for list in per_row {
-            self.counts.push(list.len());
+        let mut entries = Entries {
+            offsets: Vec::with_capacity(maxes.len() + 1),
+            cols: Vec::with_capacity(kept),
+            costs: Vec::with_capacity(kept),
+        };
+        entries.offsets.push(0);
+        for list in std::mem::take(&mut self.rows) {
             for (j, c) in list {
-                self.cols.push(j);
-                self.costs.push(c);
+                entries.cols.push(j);
+                entries.costs.push(c);
             }
+            entries.offsets.push(entries.cols.len());
         }
+        self.entries = Some(entries);
     }
 }
 
@@ -683,7 +788,7 @@ pub(crate) fn softmin_tiled_truncating<F: HostFloat>(
     let total = std::sync::atomic::AtomicUsize::new(0);
     let given_up = std::sync::atomic::AtomicBool::new(false);
     let arch = pulp::Arch::new();
-    let tiles: Vec<(Vec<usize>, Vec<u32>, Vec<F>)> = out
+    let blocks: Vec<Option<Entries<F>>> = out
         .par_chunks_mut(TILE_ROWS)
         .enumerate()
         .map(|(t, out)| {
@@ -698,30 +803,21 @@ pub(crate) fn softmin_tiled_truncating<F: HostFloat>(
                 bary: None,
                 keep: Some(&mut keep),
             });
-            (keep.counts, keep.cols, keep.costs)
+            keep.entries
         })
         .collect();
-    let entries = total.load(std::sync::atomic::Ordering::Relaxed);
-    if given_up.load(std::sync::atomic::Ordering::Relaxed) || entries > cap {
+    if given_up.load(std::sync::atomic::Ordering::Relaxed) {
         return (out, None);
     }
-    let mut set = Truncated {
-        eps,
-        h0: h.to_vec(),
-        offsets: Vec::with_capacity(n + 1),
-        cols: Vec::with_capacity(entries),
-        costs: Vec::with_capacity(entries),
-    };
-    set.offsets.push(0);
-    for (counts, cols, costs) in tiles {
-        for count in counts {
-            set.offsets
-                .push(set.offsets.last().copied().unwrap_or(0) + count);
-        }
-        set.cols.extend(cols);
-        set.costs.extend(costs);
-    }
-    (out, Some(set))
+    let set = blocks
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .map(|blocks| Truncated {
+            eps,
+            h0: h.to_vec(),
+            blocks,
+        });
+    (out, set)
 }
 
 /// The softmins of [`softmin_tiled`] over the columns of `set` alone, from `h` that `set`
@@ -733,7 +829,7 @@ fn softmin_truncated<F: HostFloat>(
     h: &[F],
     barycentres: Option<&Cloud<F>>,
 ) -> (Vec<F>, Vec<F>) {
-    let n = set.offsets.len() - 1;
+    let n = set.rows();
     let d = barycentres.map_or(0, |cols| cols.d);
     let barycentres = barycentres.filter(|_| d > 0);
     let mut out = vec![F::ZERO; n];
@@ -742,9 +838,8 @@ fn softmin_truncated<F: HostFloat>(
     let task = |(t, out): (usize, &mut [F]), bary: &mut [F]| {
         arch.dispatch(TruncatedRows {
             eps,
-            set,
+            entries: &set.blocks[t],
             h,
-            r0: t * TILE_ROWS,
             out,
             bary: barycentres.map(|cols| (cols, bary)),
         });
@@ -767,9 +862,8 @@ fn softmin_truncated<F: HostFloat>(
 /// their sum over the row reductions' lanes, and the barycentre of the kept columns' points.
 struct TruncatedRows<'a, F> {
     eps: f64,
-    set: &'a Truncated<F>,
+    entries: &'a Entries<F>,
     h: &'a [F],
-    r0: usize,
     out: &'a mut [F],
     bary: Option<(&'a Cloud<F>, &'a mut [F])>,
 }
@@ -781,21 +875,20 @@ impl<F: HostFloat> pulp::WithSimd for TruncatedRows<'_, F> {
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
         let Self {
             eps,
-            set,
+            entries,
             h,
-            r0,
             out,
             mut bary,
         } = self;
         let (inv, neg_eps) = (F::of(1.0 / eps), F::of(-eps));
         let mut z = Vec::new();
         for (r, o) in out.iter_mut().enumerate() {
-            let range = set.offsets[r0 + r]..set.offsets[r0 + r + 1];
-            let cols = &set.cols[range.clone()];
+            let range = entries.offsets[r]..entries.offsets[r + 1];
+            let cols = &entries.cols[range.clone()];
             z.clear();
             z.extend(
                 cols.iter()
-                    .zip(&set.costs[range])
+                    .zip(&entries.costs[range])
                     .map(|(&j, &c)| h[j as usize] - c * inv),
             );
             let max = max_of(&z);
@@ -1516,7 +1609,7 @@ mod tests {
             let (h0, gave_up) = truncation_of(&cut, Pair::XY);
             let h0 = h0.unwrap_or_else(|| panic!("a set at this eps (gave up: {gave_up})"));
             let kept = match &*cut.truncated[Pair::XY as usize].lock().unwrap() {
-                Truncation::Set(set) => set.cols.len(),
+                Truncation::Set(set) => set.len(),
                 _ => unreachable!(),
             };
             assert!(kept < n * m / 8, "the plans are sparse at this eps: {kept}");
@@ -1571,14 +1664,70 @@ mod tests {
         check::<f32>(1e-5);
     }
 
+    /// A building sweep keeps exactly the columns within `theta` of each row's largest
+    /// exponent, whether the rows start from a seed (the self pairs) or not: against the
+    /// exponents computed directly in float64, every column clearly inside is kept and every
+    /// kept column is inside (up to the rounding of the two computations).
+    #[test]
+    fn a_set_holds_the_columns_within_theta_of_each_row_maximum() {
+        let (n, m, d) = (300, 1100, 3);
+        let (x, y) = (cloud(n, d, 3, 0.0), cloud(m, d, 17, 0.2));
+        let eps = 0.0005;
+        let op = TiledSoftmin::new((&x, n), (&y, m), d).truncating_at(eps);
+        let g: Vec<f64> = (0..m).map(|j| 0.01 * ((j % 13) as f64)).collect();
+        for (pair, rows, cols, len) in [(Pair::XY, &x, &y, m), (Pair::XX, &x, &x, n)] {
+            let log_w = vec![-(len as f64).ln(); len];
+            let pot = &g[..len];
+            let _ = op.softmin_with_barycentres(eps, pair, &log_w, pot, false);
+            let slot = op.truncated[pair as usize].lock().unwrap();
+            let Truncation::Set(set) = &*slot else {
+                panic!("{pair:?}: a set at this eps");
+            };
+            let theta = Truncated::<f64>::theta(len);
+            let rows_of = set.blocks.iter().flat_map(|b| {
+                b.offsets
+                    .windows(2)
+                    .map(move |w| b.cols[w[0]..w[1]].to_vec())
+            });
+            let mut kept = 0;
+            for (i, set_cols) in rows_of.enumerate() {
+                let z: Vec<f64> = (0..len)
+                    .map(|j| {
+                        let c: f64 = (0..d)
+                            .map(|k| (rows[i * d + k] - cols[j * d + k]).powi(2))
+                            .sum::<f64>()
+                            / 2.0;
+                        log_w[j] + pot[j] / eps - c / eps
+                    })
+                    .collect();
+                let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                for (j, &z) in z.iter().enumerate() {
+                    let inside = set_cols.contains(&(j as u32));
+                    assert!(
+                        z <= max - theta + 1e-6 || inside,
+                        "{pair:?} row {i}: column {j} within theta is not kept"
+                    );
+                    assert!(
+                        !inside || z > max - theta - 1e-6,
+                        "{pair:?} row {i}: column {j} below theta is kept"
+                    );
+                }
+                kept += set_cols.len();
+            }
+            assert_eq!(kept, set.len(), "{pair:?}: every row of the set");
+            assert!(
+                kept < n * len / 8,
+                "{pair:?}: a sparse set ({kept} entries)"
+            );
+        }
+    }
+
     #[test]
     fn a_set_covers_only_its_eps_and_finite_shifts_within_the_margin() {
         let set = Truncated::<f64> {
             eps: 0.1,
             h0: vec![0.0, 1.0, -2.0],
-            offsets: vec![0, 0],
-            cols: Vec::new(),
-            costs: Vec::new(),
+            blocks: Vec::new(),
         };
         let m = TRUNCATION_MARGIN;
         assert!(set.covers(0.1, &[5.0, 6.0, 3.0]), "a constant shift");
