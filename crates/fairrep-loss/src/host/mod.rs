@@ -108,7 +108,10 @@ impl HostFloat for f32 {
     /// `|r| <= ln 2 / 2` (Cody-Waite: `ln 2` split in a short high part, exact in the product
     /// `k ln2_hi`, and a low correction), `exp(r)` from its Taylor polynomial of degree 7
     /// (truncation below `6e-9` relative on that interval, under float32 rounding), and `2^k`
-    /// written straight into the exponent bits. Below `-87` (where `2^k` would leave the normal
+    /// written straight into the exponent bits. The reduction and Horner's scheme are fused
+    /// multiply-adds (`mul_add`): one instruction per step where a product and a sum were
+    /// two, and one rounding (at most `7.7e-8` relative error over `[-87, 0]`, against `9.7e-8`
+    /// with separate products and sums). Below `-87` (where `2^k` would leave the normal
     /// range) the result is 0; the terms of a log-sum-exp there are below `1e-37` of its
     /// largest one.
     #[inline(always)]
@@ -122,15 +125,20 @@ impl HostFloat for f32 {
         // Comparisons and bit operations only (no float-to-int cast, whose saturation
         // semantics keep the compiler from vectorising).
         let x = if self > LOWEST { self } else { LOWEST };
-        let t = x * LOG2_E + ROUND;
+        let t = x.mul_add(LOG2_E, ROUND);
         let k = t - ROUND;
-        let r = (x - k * LN2_HI) - k * LN2_LO;
-        let p = 1.0
-            + r * (1.0
-                + r * (0.5
-                    + r * (1.0 / 6.0
-                        + r * (1.0 / 24.0
-                            + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+        let r = (-k).mul_add(LN2_LO, (-k).mul_add(LN2_HI, x));
+        let p = [
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ]
+        .iter()
+        .fold(1.0 / 5040.0, |p: f32, &c| p.mul_add(r, c));
         let k_bits = t.to_bits().wrapping_sub(ROUND.to_bits());
         let scale = f32::from_bits(k_bits.wrapping_add(127) << 23);
         if self >= LOWEST { p * scale } else { 0.0 }
@@ -395,7 +403,7 @@ mod tests {
                 assert!(got <= want.max(1e-37), "exp({x}) = {got}");
             }
         }
-        assert!(worst < 3.0e-7, "worst relative error {worst:e}");
+        assert!(worst < 1.0e-7, "worst relative error {worst:e}");
         assert_eq!(0.0f32.exp_nonpositive(), 1.0);
         assert_eq!((-1.0e30f32).exp_nonpositive(), 0.0);
         assert_eq!(f32::NEG_INFINITY.exp_nonpositive(), 0.0);

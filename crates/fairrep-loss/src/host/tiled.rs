@@ -202,18 +202,32 @@ fn gram_tile<F: HostFloat>(
 }
 
 /// The cost `max(|p|^2 + |q|^2 - 2 <p, q>, 0) / 2` from the squared norms and the inner
-/// product (`half` = 1/2 in the type): the one expansion of every Sinkhorn sweep, so that a
-/// set-building sweep's exponents are bit for bit those of the sweep before it.
+/// product (`half` = 1/2 in the type, `minus_two` = -2): the one expansion of every Sinkhorn
+/// sweep, so that the seeds and the sets' costs are bit for bit the sweep's.
 #[inline(always)]
-fn cost_of<F: HostFloat>(sq_row: F, sq: F, dot: F, half: F) -> F {
-    let dist = sq_row + sq - (dot + dot);
+fn cost_of<F: HostFloat>(sq_row: F, sq: F, dot: F, (half, minus_two): (F, F)) -> F {
+    let dist = dot.mul_add(minus_two, sq_row + sq);
     if dist > F::ZERO { dist * half } else { F::ZERO }
+}
+
+/// `-1 / eps` and the constants of [`cost_of`], in the type.
+fn sweep_constants<F: HostFloat>(eps: f64) -> (F, (F, F)) {
+    (F::of(-1.0 / eps), (F::of(0.5), F::of(-2.0)))
+}
+
+/// The exponent `h - c / eps` of a cost `c` (`neg_inv` = `-1 / eps` in the type), in one
+/// fused multiply-add: the one form of every Sinkhorn sweep, of a set's test and of its
+/// truncated softmins, so that they agree bit for bit.
+#[inline(always)]
+fn exponent<F: HostFloat>(h: F, c: F, neg_inv: F) -> F {
+    c.mul_add(neg_inv, h)
 }
 
 /// For a self pair (`rows` and `cols` one cloud), a lower bound of the largest exponent of each
 /// of the `count` rows from `r0`: the diagonal exponent `h_i - C_ii / eps`, computed as the
 /// sweep computes it (the same products in the same order, [`cost_of`]), less one unit
 /// against any difference in rounding. `-inf` for other pairs.
+#[inline(always)]
 fn self_seeds<F: HostFloat>(
     rows: &Cloud<F>,
     cols: &Cloud<F>,
@@ -225,13 +239,13 @@ fn self_seeds<F: HostFloat>(
     if !std::ptr::eq(rows, cols) {
         return vec![F::NEG_INFINITY; count];
     }
-    let (d, inv, half) = (rows.d, F::of(1.0 / eps), F::of(0.5));
+    let (d, (neg_inv, consts)) = (rows.d, sweep_constants(eps));
     (r0..r0 + count)
         .map(|i| {
             let p = &rows.points[i * d..(i + 1) * d];
             let dot = p.iter().fold(F::ZERO, |s, &v| v.mul_add(v, s));
             let sq = rows.sq[i];
-            h[i] - cost_of(sq, sq, dot, half) * inv - F::of(1.0)
+            exponent(h[i], cost_of(sq, sq, dot, consts), neg_inv) - F::of(1.0)
         })
         .collect()
 }
@@ -352,7 +366,7 @@ impl<F: HostFloat> pulp::WithSimd for SoftminTile<'_, '_, F> {
         } = self;
         let (d, m, count) = (rows.d, cols.len(), out.len());
         let width = tile_cols(d);
-        let (inv, half) = (F::of(1.0 / eps), F::of(0.5));
+        let (neg_inv, consts) = sweep_constants(eps);
         let p = &rows.points[r0 * d..(r0 + count) * d];
         let mut tile = vec![F::ZERO; count * width.min(m)];
         let mut keep = keep;
@@ -375,15 +389,15 @@ impl<F: HostFloat> pulp::WithSimd for SoftminTile<'_, '_, F> {
                 match keep.as_deref_mut() {
                     None => {
                         for ((z, &sq), &h) in z.iter_mut().zip(sq_cols).zip(h_cols) {
-                            *z = h - cost_of(sq_row, sq, *z, half) * inv;
+                            *z = exponent(h, cost_of(sq_row, sq, *z, consts), neg_inv);
                         }
                     }
                     Some(keep) => {
                         let costs = keep.chunk_costs(w);
                         for (((z, c), &sq), &h) in z.iter_mut().zip(costs).zip(sq_cols).zip(h_cols)
                         {
-                            *c = cost_of(sq_row, sq, *z, half);
-                            *z = h - *c * inv;
+                            *c = cost_of(sq_row, sq, *z, consts);
+                            *z = exponent(h, *c, neg_inv);
                         }
                     }
                 }
@@ -704,17 +718,19 @@ impl<'a, F: HostFloat> Keep<'a, F> {
 
     /// Each row's candidates cut down to the columns within `theta` of `maxes` (the exponents
     /// recomputed from `h` and the kept costs, as the sweep computed them).
+    #[inline(always)]
     fn cut(&mut self, h: &[F], eps: f64, maxes: &[F]) {
-        let inv = F::of(1.0 / eps);
+        let neg_inv = F::of(-1.0 / eps);
         for (list, &max) in self.rows.iter_mut().zip(maxes) {
             let floor = max - self.theta;
-            list.retain(|&(j, c)| h[j as usize] - c * inv >= floor);
+            list.retain(|&(j, c)| exponent(h[j as usize], c, neg_inv) >= floor);
         }
     }
 
     /// After each chunk: when the candidates exceed the tile's share of the `count m` entries
     /// (`m` columns), they are cut down to the running maxima `maxes`; a tile whose rows
     /// still keep more than that gives the set up (and bounds the lists held here).
+    #[inline(always)]
     fn bound(&mut self, h: &[F], eps: f64, maxes: &[F], m: usize) {
         if self.rows.is_empty() {
             return;
@@ -734,6 +750,7 @@ impl<'a, F: HostFloat> Keep<'a, F> {
 
     /// The tile is swept: its entries are the candidates within `theta` of each row's largest
     /// exponent `maxes`, unless a maximum is not finite or the set exceeds its limits.
+    #[inline(always)]
     fn finish(&mut self, h: &[F], eps: f64, maxes: &[F], m: usize) {
         if self.rows.is_empty() || self.stopped() {
             return;
@@ -880,7 +897,7 @@ impl<F: HostFloat> pulp::WithSimd for TruncatedRows<'_, F> {
             out,
             mut bary,
         } = self;
-        let (inv, neg_eps) = (F::of(1.0 / eps), F::of(-eps));
+        let (neg_inv, neg_eps) = (F::of(-1.0 / eps), F::of(-eps));
         let mut z = Vec::new();
         for (r, o) in out.iter_mut().enumerate() {
             let range = entries.offsets[r]..entries.offsets[r + 1];
@@ -889,7 +906,7 @@ impl<F: HostFloat> pulp::WithSimd for TruncatedRows<'_, F> {
             z.extend(
                 cols.iter()
                     .zip(&entries.costs[range])
-                    .map(|(&j, &c)| h[j as usize] - c * inv),
+                    .map(|(&j, &c)| exponent(h[j as usize], c, neg_inv)),
             );
             let max = max_of(&z);
             for z in z.iter_mut() {
