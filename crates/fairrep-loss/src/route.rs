@@ -267,20 +267,22 @@ pub fn estimated_bytes(kind: Kind, path: Path, [n, m, d]: [usize; 3], elem_bytes
 }
 
 /// The truncated softmins of the Sinkhorn divergence on [`Path::HostTiled`]
-/// (`crate::host::tiled::Truncated`): each of the four pairs' sets at its limit, and the lists
-/// each thread holds while a set is built (at most the share limit of its tile's entries).
+/// (`crate::host::tiled::Truncated`): each of the four pairs' sets at its limit, and the
+/// candidate lists each thread holds while a set is built.
 fn truncation_bytes(kind: Kind, path: Path, [n, m]: [usize; 2], elem_bytes: usize) -> u64 {
-    use crate::host::tiled::{TILE_ROWS, truncated_entry_bytes, truncated_max_entries};
+    use crate::host::tiled::{
+        truncated_entry_bytes, truncated_max_entries, truncation_working_bytes,
+    };
     if (kind, path) != (Kind::Sinkhorn, Path::HostTiled) {
         return 0;
     }
-    let threads = rayon::current_num_threads();
-    let entries = [(n, m), (m, n), (n, n), (m, m)]
+    let threads = rayon::current_num_threads() as u64;
+    let sets = [(n, m), (m, n), (n, n), (m, m)]
         .iter()
         .map(|&(rows, cols)| truncated_max_entries(rows, cols) as u64)
         .sum::<u64>()
-        .saturating_add(threads as u64 * truncated_max_entries(TILE_ROWS, n.max(m)) as u64);
-    entries.saturating_mul(truncated_entry_bytes(elem_bytes))
+        .saturating_mul(truncated_entry_bytes(elem_bytes));
+    sets.saturating_add(threads.saturating_mul(truncation_working_bytes(elem_bytes, n.max(m))))
 }
 
 /// The memory available to this process for new allocations (Linux): `MemAvailable` of
@@ -425,12 +427,15 @@ mod tests {
         // The tiled host path is linear in the points, plus the Sinkhorn divergence's truncated
         // softmins, capped: 10^4 points in 16 dimensions need under 300 MB for the Sinkhorn
         // divergence (its sets at their caps), 10^6 (a million-fold more pairs) under 2 GiB
-        // for both divergences.
+        // for both divergences, beside the candidate lists that each thread holds while it
+        // builds a set (about 136 MB a thread there).
         let tiled = estimated_bytes(Kind::Sinkhorn, Path::HostTiled, dims, 4);
         assert!(tiled < 300_000_000, "{tiled}");
+        let threads = rayon::current_num_threads() as u64;
+        let lists = threads * crate::host::tiled::truncation_working_bytes(4, 1_000_000);
         for kind in [Kind::Mmd, Kind::Sinkhorn] {
             let big = estimated_bytes(kind, Path::HostTiled, [1_000_000, 1_000_000, 16], 4);
-            assert!(big < 2 << 30, "{big}");
+            assert!(big < (2 << 30) + lists, "{big}");
         }
         // 10^6 points cannot fit in any machine on the host path.
         let huge = [1_000_000, 1_000_000, 16];

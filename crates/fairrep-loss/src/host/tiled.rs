@@ -48,8 +48,11 @@ const BLOCK_COLS: usize = 2 * LANES;
 /// Columns of a tile for points of dimension `d`: about 8192 coordinates of the column cloud
 /// (32 KiB in float32, the L1 cache), a multiple of the register block, at least one block.
 fn tile_cols(d: usize) -> usize {
-    (8192 / d.max(1)).clamp(BLOCK_COLS, 2048) / BLOCK_COLS * BLOCK_COLS
+    (8192 / d.max(1)).clamp(BLOCK_COLS, MAX_TILE_COLS) / BLOCK_COLS * BLOCK_COLS
 }
+
+/// The most columns of a tile ([`tile_cols`]).
+const MAX_TILE_COLS: usize = 2048;
 
 /// One cloud in centred coordinates, in both layouts the sweeps read: row-major (the rows of a
 /// tile, the barycentres) and transposed (the columns of a tile), with its squared norms.
@@ -570,6 +573,19 @@ pub(crate) fn truncated_entry_bytes(elem_bytes: usize) -> u64 {
     (std::mem::size_of::<u32>() + elem_bytes) as u64
 }
 
+/// The most bytes one thread's candidate lists hold while it builds a [`Truncated`] set of
+/// softmins over `cols` columns: its tile's share limit and one chunk more (the candidates are
+/// checked after each chunk), as `(u32, F)` pairs, twice over for the lists' growth.
+pub(crate) fn truncation_working_bytes(elem_bytes: usize, cols: usize) -> u64 {
+    let pair = if elem_bytes > 4 {
+        std::mem::size_of::<(u32, f64)>()
+    } else {
+        std::mem::size_of::<(u32, f32)>()
+    };
+    let entries = truncated_max_entries(TILE_ROWS, cols) + TILE_ROWS * MAX_TILE_COLS;
+    2 * entries as u64 * pair as u64
+}
+
 /// The largest number of entries of a [`Truncated`] set of `rows x cols` softmins.
 pub(crate) fn truncated_max_entries(rows: usize, cols: usize) -> usize {
     TRUNCATION_MAX_ENTRIES.min(rows.saturating_mul(cols) / TRUNCATION_MAX_SHARE)
@@ -720,7 +736,7 @@ impl<'a, F: HostFloat> Keep<'a, F> {
     /// recomputed from `h` and the kept costs, as the sweep computed them).
     #[inline(always)]
     fn cut(&mut self, h: &[F], eps: f64, maxes: &[F]) {
-        let neg_inv = F::of(-1.0 / eps);
+        let (neg_inv, _) = sweep_constants::<F>(eps);
         for (list, &max) in self.rows.iter_mut().zip(maxes) {
             let floor = max - self.theta;
             list.retain(|&(j, c)| exponent(h[j as usize], c, neg_inv) >= floor);
@@ -897,7 +913,7 @@ impl<F: HostFloat> pulp::WithSimd for TruncatedRows<'_, F> {
             out,
             mut bary,
         } = self;
-        let (neg_inv, neg_eps) = (F::of(-1.0 / eps), F::of(-eps));
+        let ((neg_inv, _), neg_eps) = (sweep_constants::<F>(eps), F::of(-eps));
         let mut z = Vec::new();
         for (r, o) in out.iter_mut().enumerate() {
             let range = entries.offsets[r]..entries.offsets[r + 1];
